@@ -1,0 +1,330 @@
+"""Video probing, frame reading and frame-accurate clip writing. PyAV is the reference decoder.
+
+Frame indices are positions in PyAV's decoded (presentation-order) frame sequence; times are PTS-based
+seconds from the first decoded frame. Every reader makes one sequential pass over a source: one decode
+serves all the clips of a video, never one seek per clip.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import av
+import numpy as np
+
+Source = "str | os.PathLike | bytes | io.IOBase"
+
+
+class VideoError(RuntimeError):
+    """A source that cannot be used, with a one-line reason (recorded in failed.jsonl)."""
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    container: str
+    codec: str
+    width: int  # display width (after rotation and sample aspect ratio)
+    height: int
+    coded_width: int
+    coded_height: int
+    sar: float
+    rotation: int  # degrees counter-clockwise applied for display
+    fps: float  # average, from PTS (frames / duration when the container knows both)
+    duration: float  # seconds
+    num_frames: int  # container's count, 0 when unknown (decode to know exactly)
+    start_sec: float  # PTS of the first frame in the container's timeline
+    has_audio: bool
+
+
+@dataclass
+class Frame:
+    index: int
+    pts_sec: float  # from the first decoded frame
+    image: np.ndarray  # H x W x 3 uint8 RGB, as displayed
+
+
+def _open(src):
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        src = io.BytesIO(bytes(src))
+    elif isinstance(src, (str, os.PathLike)):
+        p = Path(src)
+        if not p.exists():
+            raise VideoError("file not found")
+        if p.stat().st_size == 0:
+            raise VideoError("zero-byte file")
+        src = str(p)
+    try:
+        return av.open(src, "r")
+    except av.error.FFmpegError as e:
+        raise VideoError(f"not a readable video ({_short(e)})") from None
+
+
+def _short(e: Exception) -> str:
+    msg = getattr(e, "strerror", None) or str(e)
+    return " ".join(str(msg).split())[:160]
+
+
+def _video_stream(container):
+    if not container.streams.video:
+        if container.streams.audio:
+            raise VideoError("audio only, no video stream")
+        raise VideoError("no video stream")
+    stream = container.streams.video[0]
+    if stream.codec_context is None or not stream.codec_context.name:
+        raise VideoError("video stream has no decoder")
+    return stream
+
+
+def _rotation(stream) -> int:
+    """Display rotation in degrees (0, 90, 180, 270), from the display matrix or the legacy tag."""
+    rot = 0
+    try:
+        side = stream.side_data
+        if hasattr(side, "get"):
+            for k in ("DISPLAYMATRIX", "displaymatrix"):
+                v = side.get(k)
+                if v is not None:
+                    rot = int(round(float(v)))
+    except Exception:
+        pass
+    if not rot:
+        tag = stream.metadata.get("rotate") if stream.metadata else None
+        if tag:
+            rot = -int(float(tag))  # legacy tag is clockwise
+    return int(rot) % 360
+
+
+def _display_size(w: int, h: int, sar: Fraction | None, rotation: int) -> tuple[int, int]:
+    if sar and sar.numerator > 0 and sar != 1:
+        w = int(round(w * sar.numerator / sar.denominator))
+    w += w % 2  # keep even so clips encode as yuv420p
+    if rotation in (90, 270):
+        w, h = h, w
+    return int(w), int(h)
+
+
+def probe(src) -> VideoInfo:
+    """Read container metadata and decode one frame to prove the stream is decodable."""
+    with _open(src) as c:
+        stream = _video_stream(c)
+        cc = stream.codec_context
+        sar = stream.sample_aspect_ratio
+        rot = _rotation(stream)
+        tb = stream.time_base or Fraction(1, 1)
+        duration = float(stream.duration * tb) if stream.duration else (c.duration or 0) / av.time_base
+        n = int(stream.frames or 0)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        if n and duration > 0:
+            fps = n / duration
+        first = None
+        try:
+            for frame in c.decode(stream):
+                first = frame
+                break
+        except av.error.FFmpegError as e:
+            raise VideoError(f"undecodable frames ({_short(e)})") from None
+        if first is None:
+            raise VideoError("no decodable video frames")
+        start = float(first.pts * tb) if first.pts is not None else 0.0
+        w, h = _display_size(cc.width or first.width, cc.height or first.height, sar, rot)
+        return VideoInfo(
+            path=str(src) if isinstance(src, (str, os.PathLike)) else "<bytes>",
+            container=c.format.name, codec=cc.name, width=w, height=h,
+            coded_width=first.width, coded_height=first.height,
+            sar=float(sar) if sar else 1.0, rotation=rot, fps=round(fps, 6), duration=duration,
+            num_frames=n, start_sec=start, has_audio=bool(c.streams.audio),
+        )
+
+
+def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = None,
+                threads: bool = True) -> Iterator[Frame]:
+    """Decode frames in order, as displayed. `size=(w, h)` resizes inside the decoder (swscale).
+
+    Corrupt packets in the middle of a file are skipped (the frames around them still come out);
+    a file whose first packets cannot be decoded raises VideoError.
+    """
+    with _open(src) as c:
+        stream = _video_stream(c)
+        if threads:
+            stream.thread_type = "AUTO"
+        rot = _rotation(stream)
+        tb = stream.time_base or Fraction(1, 1)
+        cc = stream.codec_context
+        disp = _display_size(cc.width, cc.height, stream.sample_aspect_ratio, rot)
+        out_w, out_h = size or disp
+        # size before rotation: rotate after resizing
+        pre_w, pre_h = (out_h, out_w) if rot in (90, 270) else (out_w, out_h)
+        index, first_pts, last_pts, errors = 0, None, None, 0
+        packets = c.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as e:
+                if index == 0:
+                    raise VideoError(f"undecodable frames ({_short(e)})") from None
+                break  # truncated file: keep what was decoded
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as e:
+                errors += 1
+                if index == 0 and errors > 8:
+                    raise VideoError(f"undecodable frames ({_short(e)})") from None
+                continue
+            for frame in frames:
+                pts = frame.pts if frame.pts is not None else frame.dts
+                if pts is None:  # no timestamps at all: count on the nominal rate
+                    pts_sec = index / float(stream.average_rate or 25)
+                else:
+                    if first_pts is None:
+                        first_pts = pts
+                    pts_sec = float((pts - first_pts) * tb)
+                if last_pts is not None and pts_sec <= last_pts:
+                    pts_sec = last_pts + 1e-6  # keep times strictly increasing on broken PTS
+                last_pts = pts_sec
+                img = frame.reformat(width=pre_w, height=pre_h, format="rgb24").to_ndarray()
+                if rot:
+                    img = np.ascontiguousarray(np.rot90(img, k=rot // 90))
+                yield Frame(index, round(pts_sec, 6), img)
+                index += 1
+                if stop is not None and index >= stop:
+                    return
+
+
+def read_many(src, requests: dict, size: tuple[int, int] | None = None) -> dict:
+    """One sequential decode serving many clips: {key: [frame indices]} -> {key: (T, H, W, 3) uint8}."""
+    wanted: dict[int, list[tuple]] = {}
+    for key, idxs in requests.items():
+        for pos, i in enumerate(idxs):
+            wanted.setdefault(int(i), []).append((key, pos))
+    if not wanted:
+        return {k: np.zeros((0, 0, 0, 3), np.uint8) for k in requests}
+    last = max(wanted)
+    out: dict = {k: [None] * len(v) for k, v in requests.items()}
+    seen = 0
+    for fr in iter_frames(src, size=size, stop=last + 1):
+        seen = fr.index + 1
+        for key, pos in wanted.get(fr.index, ()):
+            out[key][pos] = fr.image
+    if seen <= last:
+        raise VideoError(f"frame {last} requested but the video decodes to {seen} frames")
+    return {k: np.stack(v) if v else np.zeros((0, 0, 0, 3), np.uint8) for k, v in out.items()}
+
+
+def read_frames(src, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
+    """The frames at the given decoded-frame indices, one sequential pass: (T, H, W, 3) uint8."""
+    return read_many(src, {0: list(indices)}, size=size)[0]
+
+
+def sample_indices(start_frame: int, end_frame: int, num: int | None = None, fps: float | None = None,
+                   video_fps: float | None = None) -> list[int]:
+    """Uniform sampling inside [start_frame, end_frame): `num` frames at segment centres, or a fixed `fps`."""
+    length = int(end_frame) - int(start_frame)
+    if length <= 0:
+        return []
+    if fps:
+        if not video_fps:
+            raise ValueError("sampling at a fixed fps needs the video's fps")
+        step = max(float(video_fps) / float(fps), 1.0)
+        count = max(1, int(math.floor(length / step)))
+        return [int(start_frame + min(length - 1, math.floor((k + 0.5) * step))) for k in range(count)]
+    num = int(num or 8)
+    return [int(start_frame + min(length - 1, math.floor((k + 0.5) * length / num))) for k in range(num)]
+
+
+# ---------------------------------------------------------------- writing
+
+def _even(x: int) -> int:
+    return max(2, x - x % 2)
+
+
+class _ClipEncoder:
+    """Encodes RGB frames to an H.264 (or MPEG-4 Part 2) mp4, constant frame rate, frame-accurate."""
+
+    def __init__(self, dst, fps: float, width: int, height: int, crf: int = 18):
+        self.buffer = io.BytesIO() if dst is None else None
+        self.dst = None if dst is None else Path(dst)
+        self.tmp = None if dst is None else self.dst.with_name(f".{self.dst.name}.tmp")
+        self.container = av.open(self.buffer if dst is None else str(self.tmp), "w", format="mp4")
+        rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        self.stream = self.container.add_stream(codec, rate=rate)
+        self.stream.width, self.stream.height = _even(width), _even(height)
+        self.stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            self.stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self.count = 0
+
+    def add(self, image: np.ndarray) -> None:
+        h, w = self.stream.height, self.stream.width
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:h, :w]), format="rgb24")
+        frame.pts = self.count
+        self.count += 1
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> bytes | None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        if self.tmp is not None:
+            os.replace(self.tmp, self.dst)  # a clip file is complete or absent
+            return None
+        return self.buffer.getvalue()
+
+
+def write_video(path, frames: Iterable[np.ndarray] | np.ndarray, fps: float) -> Path | bytes:
+    """Write RGB uint8 frames (T, H, W, 3) to an mp4; `path=None` returns the bytes."""
+    enc = None
+    for img in frames:
+        if enc is None:
+            enc = _ClipEncoder(path, fps, img.shape[1], img.shape[0])
+        enc.add(img)
+    if enc is None:
+        raise VideoError("no frames to write")
+    data = enc.close()
+    return data if path is None else Path(path)
+
+
+def cut_clips(src, ranges: Sequence[tuple[int, int]], dst_paths: Sequence | None = None,
+              fps: float | None = None, size: tuple[int, int] | None = None) -> list:
+    """Re-encode each [start_frame, end_frame) range as its own mp4 in one sequential decode.
+
+    Returns the paths (or the mp4 bytes when `dst_paths` is None), in the order of `ranges`.
+    """
+    ranges = [(int(a), int(b)) for a, b in ranges]
+    if not ranges:
+        return []
+    if fps is None:
+        fps = probe(src).fps if not isinstance(src, io.IOBase) else 25.0
+    dsts = list(dst_paths) if dst_paths is not None else [None] * len(ranges)
+    encoders: dict[int, _ClipEncoder] = {}
+    results: list = [None] * len(ranges)
+    last = max(b for _, b in ranges)
+    for fr in iter_frames(src, size=size, stop=last):
+        for k, (a, b) in enumerate(ranges):
+            if a <= fr.index < b:
+                if k not in encoders:
+                    encoders[k] = _ClipEncoder(dsts[k], fps, fr.image.shape[1], fr.image.shape[0])
+                encoders[k].add(fr.image)
+                if fr.index == b - 1:
+                    data = encoders[k].close()
+                    results[k] = data if dsts[k] is None else Path(dsts[k])
+    missing = [ranges[k] for k in range(len(ranges)) if results[k] is None]
+    for k in encoders:
+        if results[k] is None:  # the source ended inside this range: drop the partial clip
+            encoders[k].container.close()
+            if encoders[k].tmp is not None:
+                encoders[k].tmp.unlink(missing_ok=True)
+    if missing:
+        raise VideoError(f"clip range {missing[0]} lies beyond the decodable frames")
+    return results
