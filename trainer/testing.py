@@ -4,7 +4,10 @@ path loads them. The tokenizer is a word-level one trained locally with `tokeniz
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 BASE_WORDS = tuple(("a the red green blue yellow white square circle moving left right up down to of and in on "
@@ -23,10 +26,11 @@ def make_tiny_t5(path: str, words=(), d_model: int = 32, seed: int = 0) -> str:
     tok.train_from_iterator([" ".join(BASE_WORDS + tuple(words))], trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(path)
-    torch.manual_seed(seed)
     cfg = T5Config(vocab_size=tok.get_vocab_size(), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
                    num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    T5EncoderModel(cfg).save_pretrained(path)
+    with torch.random.fork_rng():  # leave the caller's random stream alone
+        torch.manual_seed(seed)
+        T5EncoderModel(cfg).save_pretrained(path)
     return path
 
 
@@ -34,9 +38,52 @@ def make_tiny_vae(path: str, latent_channels: int = 4, seed: int = 0) -> str:
     """A random `AutoencoderKL` with a 2x spatial downsample."""
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=32)
     vae.save_pretrained(path)
     return path
+
+
+COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (40, 60, 240), "yellow": (230, 220, 30)}
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def square_frames(colour: str, direction: str, frames: int = 8, size: int = 32, square: int = 8,
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """(T, size, size, 3) uint8: a coloured square crossing a dark background in one direction."""
+    rng = rng or np.random.default_rng(0)
+    dx, dy = DIRECTIONS[direction]
+    travel = size - square
+    step = travel / max(frames - 1, 1)
+    across = int(rng.integers(0, travel + 1))  # position on the axis the square does not move along
+    out = np.full((frames, size, size, 3), 16, np.uint8)
+    for k in range(frames):
+        along = round(k * step)
+        x = along if dx > 0 else travel - along if dx < 0 else across
+        y = along if dy > 0 else travel - along if dy < 0 else across
+        out[k, y:y + square, x:x + square] = COLOURS[colour]
+    return out
+
+
+def make_square_manifest(out_dir, count: int = 16, frames: int = 8, size: int = 32, fps: float = 8.0,
+                         seed: int = 0) -> Path:
+    """`count` captioned mp4 clips of moving squares (all colour x direction pairs in turn) + clips.parquet."""
+    from index.manifest import write_manifest
+    from index.record import Clip, file_sha256
+    from index.video import write_video
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pairs = [(c, d) for c in COLOURS for d in DIRECTIONS]
+    rows = []
+    for i in range(count):
+        colour, direction = pairs[i % len(pairs)]
+        path = out / f"square_{i:03d}.mp4"
+        write_video(path, square_frames(colour, direction, frames, size, rng=rng), fps)
+        clip = Clip.from_range(path.name, file_sha256(path), 0, frames, 0.0, frames / fps, fps, size, size)
+        rows.append({**clip.to_dict(), "caption": f"a {colour} square moving {direction}"})
+    return write_manifest(pd.DataFrame(rows), out / "clips.parquet")

@@ -1,0 +1,228 @@
+"""Train an STDiT with Accelerate.
+
+    accelerate launch trainer/train.py --config trainer/configs/tiny.yaml --data SHARDS_OR_MANIFEST \
+        [--max-steps N] [--output-dir DIR] [--resume latest|DIR] [section.key=value ...]
+
+Checkpoints are OUTPUT_DIR/checkpoints/<optimizer step>/: the Accelerate state (model, optimizer, RNG,
+EMA, data position) for `--resume`, plus `model/`, `ema/`, `config.yaml` (and a tiny `text_encoder/`) for `sample`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+if __package__ in (None, ""):  # run as a script (accelerate launch trainer/train.py) without an install
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer.config import load_config
+from trainer.data import BucketSampler, collate, open_dataset
+from trainer.diffusion import build_diffusion
+from trainer.encoders import TextEncoder, build_vae
+from trainer.model import STDiT, build_stdit
+
+
+class TrainState:
+    """Optimizer step and data position, saved with every checkpoint."""
+
+    def __init__(self):
+        self.step, self.epoch, self.position = 0, 0, 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
+
+
+def build_text_encoder(cfg: dict, out_dir: Path | None = None, is_main: bool = True) -> TextEncoder:
+    """`kind: tiny` builds a random 2-layer T5 into OUT_DIR/text_encoder (copied into every checkpoint)."""
+    kind = cfg.get("kind", "t5")
+    if kind == "tiny":
+        from trainer.testing import make_tiny_t5
+
+        path = Path(cfg.get("path") or (out_dir / "text_encoder"))
+        if is_main and not (path / "config.json").exists():
+            make_tiny_t5(str(path))
+        return path, "t5"
+    if not cfg.get("path"):
+        raise ValueError(f"text.path is required for text.kind={kind}")
+    return cfg["path"], kind
+
+
+def build_model(cfg: dict, in_channels: int, caption_channels: int) -> STDiT:
+    m = dict(cfg["model"])
+    size = m.pop("size", None)
+    m.pop("gradient_checkpointing", None)
+    return build_stdit(size, in_channels=in_channels, caption_channels=caption_channels,
+                       model_max_length=cfg["text"]["max_length"], **m)
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    root = out_dir / "checkpoints"
+    found = [p for p in root.glob("*") if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name))
+
+
+def save_checkpoint(accelerator, out_dir: Path, step: int, model, ema, cfg: dict, text_path, keep_last: int):
+    root = out_dir / "checkpoints"
+    tmp, final = root / f".tmp-{step}", root / str(step)
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every process writes its RNG state
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(tmp / "model")
+        ema.save_pretrained(str(tmp / "ema"))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        if cfg["text"]["kind"] == "tiny":
+            shutil.copytree(text_path, tmp / "text_encoder")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)  # a checkpoint is complete or absent
+        for old in checkpoints(out_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train an STDiT on shards or a captioned manifest.")
+    p.add_argument("--config", required=True, help="YAML config (see trainer/configs/tiny.yaml)")
+    p.add_argument("--data", help="shards folder or manifest (overrides data.path)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
+    p.add_argument("--output-dir", help="run folder (overrides train.output_dir)")
+    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    p.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # fault injection for resume tests
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    for key, val in (("data", args.data), ("max_steps", args.max_steps), ("output_dir", args.output_dir)):
+        if val is not None:
+            cfg["data" if key == "data" else "train"]["path" if key == "data" else key] = val
+    tc, oc, dc = cfg["train"], cfg["optim"], cfg["data"]
+    if not dc.get("path"):
+        raise SystemExit("error: no training data: pass --data SHARDS_DIR_OR_MANIFEST")
+    out_dir = Path(tc["output_dir"])
+    accelerator = Accelerator(mixed_precision=tc["mixed_precision"], gradient_accumulation_steps=oc["grad_accum"],
+                              log_with="tensorboard", project_dir=str(out_dir))
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+
+    # encoders (frozen), data, model
+    text_path, text_kind = build_text_encoder(cfg["text"], out_dir, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    text = TextEncoder(str(text_path), text_kind, cfg["text"]["max_length"]).to(device)
+    vae_cfg = dict(cfg["vae"])
+    vae = build_vae(vae_cfg.pop("kind"), **vae_cfg).to(device)
+    dataset = open_dataset(dc["path"], dc["frame_interval"], seed=tc["seed"])
+    sampler = BucketSampler(dataset.shapes(), dc["buckets"], dc["batch_size"], rank, world, seed=tc["seed"])
+    set_seed(tc["seed"])  # same init on every process
+    model = build_model(cfg, vae.channels, text.channels)
+    if cfg["model"].get("gradient_checkpointing"):
+        model.enable_gradient_checkpointing()
+    ema = EMAModel(model.parameters(), decay=tc["ema_decay"], model_cls=STDiT, model_config=model.config)
+    ema.to(device)
+    diffusion_cfg = dict(cfg["diffusion"])
+    diffusion = build_diffusion(diffusion_cfg.pop("name"), **diffusion_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=oc["lr"], betas=tuple(oc["betas"]),
+                            weight_decay=oc["weight_decay"])
+    model, opt = accelerator.prepare(model, opt)
+    state = TrainState()
+    accelerator.register_for_checkpointing(ema, state)
+    if args.resume:
+        found = checkpoints(out_dir) if args.resume == "latest" else [Path(args.resume)]
+        if found:
+            accelerator.load_state(str(found[-1]))
+            accelerator.print(f"resumed from {found[-1]} at step {state.step}")
+        else:
+            accelerator.print(f"no checkpoint in {out_dir / 'checkpoints'}: starting from scratch")
+    if not args.resume or not found:
+        torch.manual_seed(tc["seed"] * 1000 + rank)  # per-process noise stream
+    accelerator.init_trackers("train")
+    n_params = sum(p.numel() for p in model.parameters())
+    accelerator.print(f"STDiT {n_params / 1e6:.2f}M params, {len(dataset)} clips, "
+                      f"{len(sampler)} batches/epoch/process, {world} process(es)")
+
+    caption_cache: dict[str, tuple] = {}
+
+    def encode_text(captions):
+        missing = [c for c in dict.fromkeys(captions) if c not in caption_cache]
+        if missing:
+            y, m = text(missing)
+            caption_cache.update({c: (y[i].cpu(), m[i].cpu()) for i, c in enumerate(missing)})
+        ys, ms = zip(*(caption_cache[c] for c in captions))
+        return torch.stack(ys).to(device), torch.stack(ms).to(device)
+
+    bar = tqdm(total=tc["max_steps"], initial=state.step, disable=not accelerator.is_main_process, desc="train")
+    t_log, seen, losses, last = time.perf_counter(), 0, [], None
+    loader_gen = torch.Generator().manual_seed(tc["seed"])
+    model.train()
+    while state.step < tc["max_steps"]:
+        sampler.set_epoch(state.epoch, state.position)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                             num_workers=dc["num_workers"], generator=loader_gen)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                x0 = vae.encode(batch["video"].to(device))  # (B, C, T, H, W)
+                y, mask = encode_text(batch["caption"])  # (B, L, C_text), (B, L)
+                loss = diffusion.loss(model, x0, y, mask)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and oc["grad_clip"]:
+                    accelerator.clip_grad_norm_(model.parameters(), oc["grad_clip"])
+                for g in opt.param_groups:  # linear warmup, then constant
+                    g["lr"] = oc["lr"] * min(1.0, (state.step + 1) / max(1, oc["warmup_steps"]))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            state.position += 1
+            seen += len(x0) * world
+            losses.append(loss.detach())
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            ema.step(accelerator.unwrap_model(model).parameters())
+            bar.update(1)
+            if state.step % tc["log_every"] == 0 or state.step == tc["max_steps"]:
+                last = accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
+                rate = seen / (time.perf_counter() - t_log)
+                accelerator.log({"loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"]},
+                                step=state.step)
+                bar.set_postfix(loss=f"{last:.4f}", samples_s=f"{rate:.1f}")
+                t_log, seen, losses = time.perf_counter(), 0, []
+            if state.step % tc["ckpt_every"] == 0 or state.step == tc["max_steps"]:
+                save_checkpoint(accelerator, out_dir, state.step, model, ema, cfg, text_path, tc["keep_last"])
+            if args.kill_at_step is not None and state.step == args.kill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if state.step >= tc["max_steps"]:
+                break
+        else:
+            state.epoch, state.position = state.epoch + 1, 0
+    bar.close()
+    accelerator.end_training()
+    final = checkpoints(out_dir)
+    accelerator.print(f"done: {state.step} steps, last logged loss "
+                      f"{'n/a' if last is None or math.isnan(last) else f'{last:.4f}'}, "
+                      f"checkpoint {final[-1] if final else 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
