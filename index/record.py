@@ -54,7 +54,8 @@ STAGE_COLUMNS: dict[str, str] = {
     "caption_model": "string",
     "prompt_id": "string",
     "caption_tokens": "int",
-    "caption_flags": "string",
+    "caption_flags": "string",  # comma-separated failed checks after one retry; "" when the caption passed
+    "caption_retries": "int",
     "frame_times": "list",
     "dup_group": "int",
     "keep": "bool",

@@ -1,0 +1,103 @@
+"""The backend interface: requests in (each carrying its clip's id), outputs out, matched by that id.
+
+A backend owns a loaded model. It says what frame size and frame count it wants (so frames are resized once,
+in the decoder) and turns a list of `Request`s into a dict {request_id: Output}. Batching, padding and any
+reordering are its business; the caller never relies on output order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..models import ModelSpec
+
+QWEN_VIDEO_MAX_PIXELS = 360 * 420  # per frame; Qwen's own suggestion for video captioning
+
+
+def qwen_frame_size(width: int, height: int, factor: int = 28, max_pixels: int | None = None,
+                    min_pixels: int | None = None) -> tuple[int, int]:
+    """(w, h) by qwen-vl-utils' rule: multiples of `factor`, pixel count inside [min, max], aspect kept."""
+    from qwen_vl_utils import smart_resize
+
+    hi = max_pixels or QWEN_VIDEO_MAX_PIXELS
+    lo = min(min_pixels or factor * factor * 4, hi)
+    h, w = smart_resize(int(height), int(width), factor=factor, min_pixels=lo, max_pixels=hi)
+    return int(w), int(h)
+
+
+@dataclass
+class Request:
+    request_id: str  # the clip_id (or clip_id#k for per-frame requests)
+    prompt: str  # the rendered user text
+    frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB; None: a text-only request
+    frame_indices: list[int] = field(default_factory=list)  # relative to the clip's first frame
+    fps: float = 0.0  # the source's frame rate
+    clip_frames: int = 0  # frames in the whole clip
+    as_image: bool = False  # send frames[0] as one image instead of a video
+
+
+@dataclass
+class Output:
+    request_id: str
+    text: str
+    num_tokens: int  # generated tokens, without padding and the end-of-turn token
+    hit_limit: bool  # stopped by max_new_tokens rather than by the model
+
+
+@dataclass
+class GenerateOptions:
+    max_new_tokens: int = 256
+    retry: bool = False  # second attempt after a failed check: discourage loops, allow more tokens
+
+    def effective_max_tokens(self) -> int:
+        return int(self.max_new_tokens * 1.5) if self.retry else self.max_new_tokens
+
+
+class Backend:
+    """Base class: subclasses implement `load` and `_generate`."""
+
+    name = "base"
+
+    def __init__(self, spec: ModelSpec, batch_size: int = 8, device: str | None = None,
+                 trust_remote_code: bool = False, max_pixels: int | None = None):
+        self.spec = spec
+        self.batch_size = max(1, int(batch_size))
+        self.device = device
+        self.trust_remote_code = trust_remote_code
+        self.max_pixels = max_pixels
+        self.stats = defaultdict(float)  # preprocess_s, generate_s, output_tokens, requests
+
+    # ------------------------------------------------------------ what the model wants
+    def frame_size(self, width: int, height: int) -> tuple[int, int]:
+        """Decode size (w, h) for a source of the given display size."""
+        scale = min(1.0, 448 / max(width, height))
+        return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+    def frame_count(self, n: int) -> int:
+        """Frames per clip the model accepts, given the number asked for."""
+        return max(1, int(n))
+
+    # ------------------------------------------------------------ generation
+    def generate(self, requests: list[Request], options: GenerateOptions) -> dict[str, Output]:
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError("request ids must be unique within one call")
+        t = time.perf_counter()
+        out = self._generate(requests, options)
+        self.stats["backend_s"] += time.perf_counter() - t
+        missing = [i for i in ids if i not in out]
+        if missing:
+            raise RuntimeError(f"{self.name} backend returned no output for request {missing[0]}")
+        self.stats["requests"] += len(requests)
+        self.stats["output_tokens"] += sum(o.num_tokens for o in out.values())
+        return out
+
+    def _generate(self, requests: list[Request], options: GenerateOptions) -> dict[str, Output]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,56 @@
+"""Frame sampling policy: which frames of each clip the model sees, decoded once per source video.
+
+All clips of one source are served by one sequential decode (`index.video.read_many`), resized inside the
+decoder to the size the backend wants. Uniform `num_frames` per clip, or a fixed `sample_fps` (capped at
+`max_frames`); the backend rounds the count to what the model accepts (Qwen: whole temporal patches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.video import read_many, sample_indices
+
+
+@dataclass(frozen=True)
+class FramePolicy:
+    num_frames: int = 8
+    sample_fps: float | None = None
+    max_frames: int = 32
+
+    def __post_init__(self):
+        if self.sample_fps is not None and self.sample_fps <= 0:
+            raise ValueError("--sample-fps must be positive")
+        if self.num_frames < 1:
+            raise ValueError("--num-frames must be at least 1")
+
+    def indices(self, row: dict, frame_count=lambda n: n) -> list[int]:
+        """Absolute decoded-frame indices for one manifest row."""
+        start, end = int(row["start_frame"]), int(row["end_frame"])
+        if self.sample_fps:
+            idx = sample_indices(start, end, fps=self.sample_fps, video_fps=float(row["fps"]))
+            want = frame_count(min(len(idx), self.max_frames))
+            if want == len(idx):
+                return idx
+        else:
+            want = frame_count(min(self.num_frames, self.max_frames))
+        return sample_indices(start, end, num=want)
+
+
+def frame_times(row: dict, indices: list[int]) -> list[float]:
+    """Seconds in the source for each sampled frame (the clip's PTS start plus the offset at its fps)."""
+    fps = float(row["fps"]) or 25.0
+    return [round(float(row["start_sec"]) + (i - int(row["start_frame"])) / fps, 3) for i in indices]
+
+
+def load_clip_frames(video_path: str, rows: list[dict], policy: FramePolicy, frame_size=None,
+                     frame_count=lambda n: n) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """{clip_id: (frames (T, H, W, 3) uint8, absolute indices)} from one sequential decode of the source."""
+    if not rows:
+        return {}
+    wanted = {r["clip_id"]: policy.indices(r, frame_count) for r in rows}
+    size = frame_size(int(rows[0]["width"]), int(rows[0]["height"])) if frame_size else None
+    arrays = read_many(video_path, wanted, size=size)
+    return {cid: (arrays[cid], wanted[cid]) for cid in wanted}

@@ -1,0 +1,157 @@
+"""Caption a clips manifest: one unit = one source video's clips, resumable with `index.manifest.PartStore`.
+
+For each source: decode the sampled frames of all its clips in one pass, render the prompt per clip, generate
+in batches, check every caption, retry the failed ones once, flag what still fails, write the unit's part.
+Clips that already carry a caption by the same model and prompt are passed through untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from index.manifest import PartStore
+from index.video import VideoError
+
+from .backends.base import Backend, GenerateOptions, Request
+from .checks import check_caption
+from .frames import FramePolicy, frame_times, load_clip_frames
+from .prompts import Prompt, clip_values
+
+CAPTION_COLUMNS = ("caption", "caption_model", "prompt_id", "caption_tokens", "caption_flags", "caption_retries",
+                   "frame_times")
+
+
+@dataclass
+class Summary:
+    clips: int = 0
+    captioned: int = 0  # captions written in this run
+    skipped: int = 0  # already captioned (earlier run, or same model and prompt in the input)
+    flagged: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds else 0.0
+
+
+def stage_name(model_id: str, prompt_id: str) -> str:
+    return "caption-" + hashlib.sha1(f"{model_id}\n{prompt_id}".encode()).hexdigest()[:12]
+
+
+def unit_key(video_path: str, video_sha256: str) -> str:
+    return hashlib.sha1(f"{video_sha256}\n{video_path}".encode()).hexdigest()[:24]
+
+
+def _already(row: dict, model_id: str, prompt_id: str) -> bool:
+    cap = row.get("caption")
+    return (isinstance(cap, str) and bool(cap) and row.get("caption_model") == model_id
+            and row.get("prompt_id") == prompt_id)
+
+
+class Captioner:
+    """Holds the backend and options; `run(df, out_dir)` captions a manifest resumably."""
+
+    def __init__(self, backend: Backend, prompt: Prompt, policy: FramePolicy | None = None,
+                 max_new_tokens: int = 256, two_pass=None):
+        self.backend = backend
+        self.prompt = prompt
+        self.policy = policy or FramePolicy()
+        self.max_new_tokens = int(max_new_tokens)
+        self.two_pass = two_pass  # a captioner.twopass.TwoPass, or None
+        self.model_id = backend.spec.model_id
+
+    def config(self) -> dict:
+        return {"model": self.model_id, "prompt_id": self.prompt.prompt_id,
+                "prompt_sha1": hashlib.sha1(self.prompt.template.encode()).hexdigest()[:12],
+                "num_frames": self.policy.num_frames, "sample_fps": self.policy.sample_fps,
+                "max_frames": self.policy.max_frames, "max_new_tokens": self.max_new_tokens,
+                "max_pixels": self.backend.max_pixels, "two_pass": self.two_pass.describe() if self.two_pass else None}
+
+    # ------------------------------------------------------------ one unit
+    def requests(self, rows: list[dict], frames: dict) -> list[Request]:
+        reqs = []
+        for row in rows:
+            arr, idx = frames[row["clip_id"]]
+            start = int(row["start_frame"])
+            reqs.append(Request(row["clip_id"], self.prompt.render(**clip_values(row, len(idx))), arr,
+                                frame_indices=[i - start for i in idx], fps=float(row["fps"]),
+                                clip_frames=int(row["num_frames"])))
+        return reqs
+
+    def caption_requests(self, reqs: list[Request]) -> dict[str, dict]:
+        """{clip_id: {caption, caption_tokens, caption_flags, caption_retries}} with one retry of failures."""
+        gen = self.two_pass.generate if self.two_pass else self.backend.generate
+        outs = gen(reqs, GenerateOptions(self.max_new_tokens))
+        result, retry = {}, []
+        for r in reqs:
+            o = outs[r.request_id]
+            text, flags = check_caption(o.text, o.hit_limit)
+            result[r.request_id] = dict(caption=text, caption_tokens=o.num_tokens,
+                                        caption_flags=",".join(flags), caption_retries=0)
+            if flags:
+                retry.append(r)
+        if retry:
+            outs = gen(retry, GenerateOptions(self.max_new_tokens, retry=True))
+            for r in retry:
+                o = outs[r.request_id]
+                text, flags = check_caption(o.text, o.hit_limit)
+                prev = result[r.request_id]
+                tokens = o.num_tokens
+                if not text and prev["caption"]:  # an empty retry: keep the first attempt and its flags
+                    text, flags, tokens = prev["caption"], prev["caption_flags"].split(","), prev["caption_tokens"]
+                result[r.request_id] = dict(caption=text, caption_tokens=tokens,
+                                            caption_flags=",".join(flags), caption_retries=1)
+        return result
+
+    def caption_unit(self, video_path: str, rows: list[dict]) -> pd.DataFrame:
+        todo = [r for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)]
+        t0 = time.perf_counter()
+        frames = load_clip_frames(video_path, todo, self.policy, self.backend.frame_size, self.backend.frame_count)
+        self.backend.stats["decode_s"] += time.perf_counter() - t0
+        captions = self.caption_requests(self.requests(todo, frames)) if todo else {}
+        out = []
+        for row in rows:
+            row = dict(row)
+            if row["clip_id"] in captions:
+                row.update(captions[row["clip_id"]], caption_model=self.model_id, prompt_id=self.prompt.prompt_id,
+                           frame_times=frame_times(row, frames[row["clip_id"]][1]))
+            out.append(row)
+        return pd.DataFrame(out)
+
+    # ------------------------------------------------------------ a manifest
+    def run(self, df: pd.DataFrame, out_dir, progress=None) -> tuple[pd.DataFrame, list[dict], Summary]:
+        store = PartStore(out_dir, stage_name(self.model_id, self.prompt.prompt_id), self.config())
+        summary = Summary(clips=len(df))
+        t_start = time.perf_counter()
+        tokens_before = self.backend.stats["output_tokens"]
+        for (path, sha), group in df.groupby(["video_path", "video_sha256"], sort=True):
+            key = unit_key(path, sha)
+            rows = group.sort_values("start_frame").to_dict("records")
+            if store.done(key):
+                summary.skipped += len(rows)
+            else:
+                try:
+                    part = self.caption_unit(path, rows)
+                except VideoError as e:
+                    store.fail(key, path, str(e))
+                else:
+                    fresh = part["clip_id"].isin([r["clip_id"] for r in rows
+                                                  if not _already(r, self.model_id, self.prompt.prompt_id)])
+                    summary.captioned += int(fresh.sum())
+                    summary.skipped += int((~fresh).sum())
+                    store.write(key, part)
+            if progress is not None:
+                progress(len(rows))
+        merged, failures = store.merge()
+        if "caption_flags" in merged.columns:
+            summary.flagged = int((merged["caption_flags"].fillna("") != "").sum())
+        summary.output_tokens = int(self.backend.stats["output_tokens"] - tokens_before)
+        summary.seconds = time.perf_counter() - t_start
+        summary.timings = {k: round(v, 3) for k, v in self.backend.stats.items() if k.endswith("_s")}
+        return merged, failures, summary
