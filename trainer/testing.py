@@ -69,7 +69,7 @@ def square_frames(colour: str, direction: str, frames: int = 8, size: int = 32, 
 
 
 def make_square_manifest(out_dir, count: int = 16, frames: int = 8, size: int = 32, fps: float = 8.0,
-                         seed: int = 0) -> Path:
+                         seed: int = 0, square: int | None = None) -> Path:
     """`count` captioned mp4 clips of moving squares (all colour x direction pairs in turn) + clips.parquet."""
     from index.manifest import write_manifest
     from index.record import Clip, file_sha256
@@ -83,7 +83,7 @@ def make_square_manifest(out_dir, count: int = 16, frames: int = 8, size: int = 
     for i in range(count):
         colour, direction = pairs[i % len(pairs)]
         path = out / f"square_{i:03d}.mp4"
-        write_video(path, square_frames(colour, direction, frames, size, rng=rng), fps)
+        write_video(path, square_frames(colour, direction, frames, size, square or size // 4, rng=rng), fps)
         clip = Clip.from_range(path.name, file_sha256(path), 0, frames, 0.0, frames / fps, fps, size, size)
         rows.append({**clip.to_dict(), "caption": f"a {colour} square moving {direction}"})
     return write_manifest(pd.DataFrame(rows), out / "clips.parquet")

@@ -10,6 +10,7 @@ EMA, data position) for `--resume`, plus `model/`, `ema/`, `config.yaml` (and a 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -83,7 +84,9 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, model, ema, cfg: dict
     accelerator.save_state(str(tmp))  # every process writes its RNG state
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(tmp / "model")
-        ema.save_pretrained(str(tmp / "ema"))
+        ema_model = STDiT.from_config(accelerator.unwrap_model(model).config)
+        ema.copy_to(ema_model.parameters())  # the fp32 EMA weights, loadable by `sample` alone
+        ema_model.save_pretrained(tmp / "ema")
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         if cfg["text"]["kind"] == "tiny":
             shutil.copytree(text_path, tmp / "text_encoder")
@@ -203,8 +206,11 @@ def main(argv=None) -> int:
             if state.step % tc["log_every"] == 0 or state.step == tc["max_steps"]:
                 last = accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
                 rate = seen / (time.perf_counter() - t_log)
-                accelerator.log({"loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"]},
-                                step=state.step)
+                metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"]}
+                accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=state.step)
+                if accelerator.is_main_process:
+                    with open(out_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(metrics) + "\n")
                 bar.set_postfix(loss=f"{last:.4f}", samples_s=f"{rate:.1f}")
                 t_log, seen, losses = time.perf_counter(), 0, []
             if state.step % tc["ckpt_every"] == 0 or state.step == tc["max_steps"]:
