@@ -103,9 +103,10 @@ class TransformersBackend(Backend):
         import torch
 
         groups: dict[tuple, list[Request]] = {}
-        for r in requests:  # equal media shapes batch together (some processors cannot pad videos)
-            shape = None if r.frames is None else (r.as_image, *(r.frames[:1].shape if r.as_image else r.frames.shape))
-            groups.setdefault(shape, []).append(r)
+        for r in requests:  # Qwen packs videos of any length; other processors need equal shapes in a batch
+            kind = "text" if r.frames is None else "image" if r.as_image else "video"
+            shape = () if self.spec.is_qwen or kind == "text" else (r.frames[:1] if r.as_image else r.frames).shape
+            groups.setdefault((kind, *shape), []).append(r)
         limit = options.effective_max_tokens()
         gen_kw = dict(max_new_tokens=limit, do_sample=False)
         if options.retry:

@@ -1,0 +1,122 @@
+"""Outputs are matched to clips by request id: a fake vLLM engine that finishes out of order, and the real
+transformers backend on batches of clips with different frame counts and prompts."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from captioner.backends import GenerateOptions, Request, make_backend
+from captioner.models import resolve_model
+from captioner.testing import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    return build_tiny_model("qwen2-vl", tmp_path_factory.mktemp("tiny_qwen2vl"))
+
+
+def _requests(lengths, size=(56, 84), seed=0):
+    rng = np.random.default_rng(seed)
+    reqs = []
+    for k, t in enumerate(lengths):
+        frames = rng.integers(0, 255, (t, *size, 3), dtype=np.uint8)
+        reqs.append(Request(f"clip{k:02d}", f"Describe clip number {k} of {t} frames." + " detail" * k, frames,
+                            frame_indices=list(range(0, 3 * t, 3)), fps=25.0, clip_frames=3 * t))
+    return reqs
+
+
+class FakeLLM:
+    """Stands in for `vllm.LLM` (vLLM cannot be installed here): same engine surface, finishes requests in a
+    shuffled order over several steps, and answers with text that names what it was sent."""
+
+    def __init__(self, tokenizer, seed=0):
+        self.tokenizer = tokenizer
+        self.llm_engine = self
+        self.pending = []
+        self.rng = random.Random(seed)
+        self.seen = {}
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def add_request(self, request_id, prompt, params):
+        self.pending.append((request_id, prompt, params))
+        self.seen[request_id] = prompt
+
+    def has_unfinished_requests(self):
+        return bool(self.pending)
+
+    def step(self):
+        self.rng.shuffle(self.pending)
+        done, self.pending = self.pending[:2], self.pending[2:]
+        outs = []
+        for rid, prompt, params in done:
+            video = prompt["multi_modal_data"]["video"]
+            text = f"frames={len(video)} sum={int(video.sum())}"
+            finish = "length" if params["max_tokens"] < 10 else "stop"
+            outs.append(SimpleNamespace(request_id=rid, finished=True, prompt=prompt["prompt"], outputs=[
+                SimpleNamespace(text=text, token_ids=list(range(len(text.split()))), finish_reason=finish)]))
+        outs.append(SimpleNamespace(request_id="still-running", finished=False, outputs=[]))
+        return outs
+
+
+def test_vllm_outputs_are_matched_by_request_id(tiny_qwen):
+    from transformers import AutoTokenizer
+
+    fake = FakeLLM(AutoTokenizer.from_pretrained(tiny_qwen))
+    backend = make_backend("vllm", resolve_model(tiny_qwen), engine=fake, sampling_cls=dict).load()
+    reqs = _requests([2, 6, 4, 8, 2, 4, 6])
+    out = backend.generate(reqs, GenerateOptions(max_new_tokens=64))
+    assert set(out) == {r.request_id for r in reqs}
+    for r in reqs:
+        assert out[r.request_id].text == f"frames={len(r.frames)} sum={int(r.frames.sum())}"
+        assert not out[r.request_id].hit_limit
+        sent = fake.seen[r.request_id]
+        assert "<|video_pad|>" in sent["prompt"] and r.prompt in sent["prompt"]
+        assert sent["mm_processor_kwargs"]["fps"] == pytest.approx(len(r.frames) / r.clip_frames * 25.0)
+    short = backend.generate(reqs[:2], GenerateOptions(max_new_tokens=4))
+    assert all(o.hit_limit for o in short.values())
+
+
+def test_vllm_unknown_output_id_is_an_error(tiny_qwen):
+    from transformers import AutoTokenizer
+
+    class WrongIds(FakeLLM):
+        def step(self):
+            outs = super().step()
+            for o in outs:
+                o.request_id = "someone-else"
+            return outs
+
+    backend = make_backend("vllm", resolve_model(tiny_qwen), engine=WrongIds(AutoTokenizer.from_pretrained(tiny_qwen)),
+                           sampling_cls=dict).load()
+    with pytest.raises(RuntimeError, match="unknown request"):
+        backend.generate(_requests([2, 2]), GenerateOptions(max_new_tokens=8))
+
+
+def test_transformers_batches_of_mixed_lengths_pair_like_single_requests(tiny_qwen):
+    reqs = _requests([2, 6, 4, 2, 6, 4], seed=1)
+    batched = make_backend("transformers", resolve_model(tiny_qwen), batch_size=4).load()
+    shuffled = reqs[::-1]
+    out = batched.generate(shuffled, GenerateOptions(max_new_tokens=6))
+    single = make_backend("transformers", resolve_model(tiny_qwen), batch_size=1).load()
+    texts = set()
+    for r in reqs:
+        alone = single.generate([r], GenerateOptions(max_new_tokens=6))[r.request_id]
+        assert out[r.request_id].text == alone.text, r.request_id
+        assert out[r.request_id].num_tokens == alone.num_tokens
+        texts.add(alone.text)
+    assert len(texts) > 1  # different clips really give different outputs, so a mix-up would show
+    assert batched.stats["generate_s"] > 0 and batched.stats["output_tokens"] > 0
+
+
+def test_duplicate_request_ids_are_refused(tiny_qwen):
+    backend = make_backend("transformers", resolve_model(tiny_qwen)).load()
+    reqs = _requests([2, 2])
+    reqs[1].request_id = reqs[0].request_id
+    with pytest.raises(ValueError, match="unique"):
+        backend.generate(reqs, GenerateOptions(max_new_tokens=2))
