@@ -1,0 +1,69 @@
+"""`split-videos RAW_DIR -o OUT_DIR`: shot-split every video under RAW_DIR into clips.parquet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from index.manifest import ManifestError
+
+from .detectors import DEFAULT_DETECTOR, DETECTORS
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="split-videos", description=__doc__.split(":", 1)[1].strip())
+    p.add_argument("raw_dir", help="folder of raw videos (walked recursively)")
+    p.add_argument("-o", "--out", required=True, help="output folder: clips.parquet, failed.jsonl, clips/")
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=sorted(DETECTORS))
+    p.add_argument("--detector-options", default="{}", metavar="JSON",
+                   help='options for the detector, e.g. \'{"threshold": 0.4}\'')
+    p.add_argument("--workers", type=int, default=1, help="processes, each loads the detector once")
+    p.add_argument("--min-sec", type=float, default=2.0, help="drop clips shorter than this (default 2)")
+    p.add_argument("--max-sec", type=float, default=20.0,
+                   help="cut longer shots into near-equal chunks (default 20; 0: no limit)")
+    p.add_argument("--trim-frames", type=int, default=1, help="frames dropped at each shot edge (default 1)")
+    p.add_argument("--cut", action="store_true", help="also write each clip as OUT_DIR/clips/CLIP_ID.mp4")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from rich.console import Console
+
+    from .pipeline import split_videos
+
+    console = Console(stderr=True)
+    try:
+        options = json.loads(args.detector_options)
+        if not isinstance(options, dict):
+            raise ValueError("--detector-options must be a JSON object")
+        summary: dict = {}
+        df, failures = split_videos(args.raw_dir, args.out, detector=args.detector, workers=args.workers,
+                                    min_sec=args.min_sec, max_sec=args.max_sec, trim_frames=args.trim_frames,
+                                    cut=args.cut, detector_options=options, progress=not args.no_progress,
+                                    summary=summary)
+    except (ValueError, ManifestError) as e:
+        console.print(f"split-videos: error: {e}", markup=False)
+        return 2
+    console.print(
+        f"videos {summary['videos']} (split now {summary['processed']}, already done {summary['skipped']}) | "
+        f"clips {summary['clips']} | hours {summary['hours']:.3f} | failures {summary['failures']}",
+        markup=False)
+    console.print(f"manifest: {args.out}/clips.parquet   failures: {args.out}/failed.jsonl", markup=False)
+    for f in failures[:10]:
+        console.print(f"  failed: {f['path']}: {f['reason']}", markup=False)
+    if len(failures) > 10:
+        console.print(f"  ... {len(failures) - 10} more in failed.jsonl", markup=False)
+    if summary["videos"] == 0:
+        console.print(f"split-videos: no video files under {args.raw_dir}", markup=False)
+        return 1
+    if summary["clips"] == 0:
+        console.print("split-videos: no clip could be made from any video", markup=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

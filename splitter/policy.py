@@ -1,0 +1,72 @@
+"""Clip policy: shots -> manifest rows.
+
+Per shot: trim `trim_frames` at each edge (a detector that is one frame late leaves no flash of the
+neighbouring shot), drop what is shorter than `min_sec`, and cut what is longer than `max_sec` into
+the fewest near-equal chunks (by PTS, so VFR files chunk by time) that each fit. Transition frames
+never reach a clip: they lie between shots already.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from index.record import Clip
+
+from .base import Decoded, Shot
+
+
+@dataclass(frozen=True)
+class ClipPolicy:
+    min_sec: float = 2.0
+    max_sec: float = 20.0  # 0 or None: no upper limit
+    trim_frames: int = 1
+
+    def __post_init__(self):
+        if self.min_sec < 0:
+            raise ValueError(f"--min-sec must be >= 0, got {self.min_sec}")
+        if self.max_sec and self.max_sec < self.min_sec:
+            raise ValueError(f"--max-sec ({self.max_sec}) must be >= --min-sec ({self.min_sec})")
+        if self.trim_frames < 0:
+            raise ValueError(f"--trim-frames must be >= 0, got {self.trim_frames}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def chunk(start: int, end: int, decoded: Decoded, max_sec: float | None) -> list[tuple[int, int]]:
+    """[start, end) split into the fewest near-equal (in time) pieces no longer than max_sec."""
+    t0, t1 = decoded.end_time(start), decoded.end_time(end)
+    dur = t1 - t0
+    if not max_sec or dur <= max_sec + 1e-9:
+        return [(start, end)]
+    k = max(2, math.ceil(dur / max_sec - 1e-9))
+    while k <= end - start:
+        cuts = [start]
+        for j in range(1, k):
+            f = int(np.searchsorted(decoded.pts, t0 + j * dur / k, side="left"))
+            cuts.append(min(max(f, cuts[-1] + 1), end - (k - j)))
+        cuts.append(end)
+        pieces = list(zip(cuts[:-1], cuts[1:]))
+        if all(decoded.end_time(b) - decoded.end_time(a) <= max_sec + 1e-6 for a, b in pieces):
+            return pieces
+        k += 1
+    return [(f, f + 1) for f in range(start, end)]  # pathological timestamps: one frame each
+
+
+def shots_to_clips(shots: list[Shot], decoded: Decoded, video_path: str, video_sha256: str,
+                   policy: ClipPolicy = ClipPolicy()) -> list[Clip]:
+    clips: list[Clip] = []
+    for shot in shots:
+        a, b = shot.start_frame + policy.trim_frames, shot.end_frame - policy.trim_frames
+        if b <= a:
+            continue
+        for s, e in chunk(a, b, decoded, policy.max_sec):
+            t0, t1 = decoded.end_time(s), decoded.end_time(e)
+            if t1 - t0 + 1e-6 < policy.min_sec:
+                continue
+            clips.append(Clip.from_range(video_path, video_sha256, s, e, t0, t1, decoded.fps,
+                                         decoded.width, decoded.height))
+    return clips
