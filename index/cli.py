@@ -1,0 +1,288 @@
+"""Console scripts: `index-clips`, `search-clips`, `build-shards`.
+
+INDEX_DIR (written by index-clips, grows with every manifest added):
+  clips.parquet          every indexed clip (all manifests added, in order) + dup_group, keep, x_batch
+  visual.npy, text.npy   embeddings, row-aligned with clips.parquet
+  visual.faiss, text.faiss (+ .json parameters, .ids.parquet row -> clip_id)
+  pairs.parquet          near-duplicate pairs (clip_id_a, clip_id_b, similarity)
+  similarity.npz, similarity_hist.png   nearest-neighbour similarity histogram (choosing the threshold)
+  index.json             models, batches (manifests added), dedup parameters and counts
+  failed.jsonl           sources that could not be embedded
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import dedup as dd
+from . import faiss_index
+from .embed import TextEmbedder, frame_hash, make_visual_embedder
+from .manifest import ManifestError, PartStore, atomic_write_bytes, atomic_write_text, read_manifest
+from .manifest import write_failed, write_manifest
+from .record import file_sha256
+from .video import VideoError, read_many, sample_indices
+
+STAGE = "embed"
+
+
+# ---------------------------------------------------------------- index-clips
+
+def _batch(index_dir: Path, manifest_path: Path) -> tuple[int, list]:
+    """The batch number of this manifest: its earlier number on a re-run, else the next one."""
+    meta_path = index_dir / "index.json"
+    batches = json.loads(meta_path.read_text()).get("batches", []) if meta_path.exists() else []
+    digest = file_sha256(manifest_path)[:16]
+    for b in batches:
+        if b["sha256"] == digest:
+            return b["batch"], batches
+    batches.append({"batch": len(batches), "manifest": manifest_path.name, "sha256": digest})
+    return len(batches) - 1, batches
+
+
+def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, progress=None) -> None:
+    """Embed every clip, one part per source video (one decode each); finished parts are skipped."""
+    config = {"visual": visual.describe(), "text": text.describe()}
+    store = PartStore(index_dir, STAGE, config=config)
+    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True):
+        ids = ",".join(sorted(rows["clip_id"].astype(str)))
+        key = hashlib.sha256(f"{path}\n{sha}\n{ids}".encode()).hexdigest()[:24]
+        if store.done(key):
+            _refresh_captions(store, key, rows, text)
+            if progress:
+                progress(len(rows))
+            continue
+        try:
+            if not Path(path).exists():
+                raise VideoError("video missing")
+            if file_sha256(path) != sha:
+                raise VideoError("video changed since splitting (sha256 mismatch)")
+            first = rows.iloc[0]
+            size = visual.frame_size(int(first["width"]), int(first["height"]))
+            requests = {cid: sample_indices(a, b, visual.num_frames)
+                        for cid, a, b in zip(rows["clip_id"], rows["start_frame"], rows["end_frame"])}
+            frames = read_many(path, requests, size=size)
+        except VideoError as e:
+            store.fail(key, path, f"{len(rows)} clips: {e}")
+            continue
+        clips = [frames[c] for c in rows["clip_id"]]
+        captions = rows["caption"].tolist() if "caption" in rows else [None] * len(rows)
+        part = rows.copy()
+        part["x_batch"] = batch
+        part["x_frame_hash"] = [frame_hash(c) for c in clips]
+        part["x_visual"] = list(visual.embed(clips))
+        part["x_text"] = list(text.embed(captions))
+        store.write(key, part)
+        if progress:
+            progress(len(rows))
+
+
+def _refresh_captions(store: PartStore, key: str, rows: pd.DataFrame, text) -> None:
+    """A finished part whose clips now have other captions (captioned after indexing): new text vectors."""
+    path = store.dir / f"{key}.parquet"
+    if not path.exists() or "caption" not in rows:
+        return
+    part = pd.read_parquet(path)
+    new = rows.set_index("clip_id").reindex(part["clip_id"])
+    old_caps = part["caption"] if "caption" in part else pd.Series([None] * len(part))
+    if old_caps.fillna("").astype(str).tolist() == new["caption"].fillna("").astype(str).tolist():
+        return
+    for col in new.columns:  # the later stages' columns come from the newer manifest
+        if col not in ("video_path", "video_sha256"):
+            part[col] = new[col].to_numpy()
+    part["x_text"] = list(text.embed(new["caption"].tolist()))
+    store.write(key, part)
+
+
+def build_index(manifest_path, index_dir, image_model=None, text_model=None, num_frames: int = 8,
+                threshold: float = dd.DEFAULT_THRESHOLD, method: str = "auto", index_kind: str = "auto",
+                trust_remote_code: bool = False, progress=None) -> dict:
+    """index-clips as a function: embed, update the FAISS indexes, dedup everything indexed. Returns index.json."""
+    manifest_path, index_dir = Path(manifest_path), Path(index_dir)
+    df = read_manifest(manifest_path)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    batch, batches = _batch(index_dir, manifest_path)
+    visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code) \
+        if image_model else make_visual_embedder(None, num_frames=num_frames)
+    text = TextEmbedder(text_model)
+    embed_manifest(df, index_dir, visual, text, batch, progress)
+    rows, failures = PartStore(index_dir, STAGE).merge(sort_by=("x_batch", "video_path", "start_frame", "clip_id"))
+    write_failed(index_dir, failures)
+    if not len(rows):
+        raise ManifestError(f"{manifest_path}: no clip could be embedded (see {index_dir / 'failed.jsonl'})")
+    vis = np.stack(rows.pop("x_visual").to_numpy()).astype(np.float32)
+    txt = np.stack(rows.pop("x_text").to_numpy()).astype(np.float32)
+    ids = rows["clip_id"].astype(str).tolist()
+    _save_npy(index_dir / "visual.npy", vis)
+    _save_npy(index_dir / "text.npy", txt)
+    vindex = faiss_index.update(index_dir, "visual", vis, ids, index_kind)
+    tindex = faiss_index.update(index_dir, "text", txt, ids, index_kind)
+
+    i, j, s, params = dd.near_duplicate_pairs(vis, threshold, method=method)
+    rows = rows.drop(columns=[c for c in ("dup_group", "keep") if c in rows])
+    group, keep = dd.assign_groups(rows.rename(columns={"x_batch": "batch"}), i, j, rows["x_frame_hash"])
+    rows["dup_group"], rows["keep"] = group, keep
+    write_manifest(rows, index_dir / "clips.parquet")
+    pairs = pd.DataFrame({"clip_id_a": np.asarray(ids)[i], "clip_id_b": np.asarray(ids)[j], "similarity": s})
+    atomic_write_bytes(index_dir / "pairs.parquet", pairs.to_parquet(index=False))
+    nn = dd.nearest_neighbour_similarity(vis)
+    _save_histogram(index_dir, nn, params.threshold)
+
+    batch_of = rows.groupby("dup_group")["x_batch"].nunique()
+    meta = {
+        "clips": len(rows), "batches": batches, "visual": visual.describe(), "text": text.describe(),
+        "visual_index": vindex.params.__dict__, "text_index": tindex.params.__dict__,
+        "dedup": {**dd.params_dict(params), "keep_rule": dd.KEEP_RULE, "pairs": int(len(i)),
+                  "groups": int(rows.loc[rows["dup_group"] >= 0, "dup_group"].nunique()),
+                  "exact_duplicates": int(rows.duplicated("x_frame_hash").sum()),
+                  "dropped": int((~rows["keep"]).sum()),
+                  "cross_batch_groups": int((batch_of.drop(-1, errors="ignore") > 1).sum())},
+        "failed": len(failures),
+    }
+    atomic_write_text(index_dir / "index.json", json.dumps(meta, indent=2, default=str))
+    return meta
+
+
+def _save_npy(path: Path, x: np.ndarray) -> None:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, x)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _save_histogram(index_dir: Path, nn: np.ndarray, threshold: float) -> None:
+    import io
+    bins = np.linspace(-1, 1, 81)
+    counts, _ = np.histogram(nn, bins=bins)
+    buf = io.BytesIO()
+    np.savez(buf, nearest=nn, bins=bins, counts=counts, threshold=threshold)
+    atomic_write_bytes(index_dir / "similarity.npz", buf.getvalue())
+    from .card import similarity_plot
+    atomic_write_bytes(index_dir / "similarity_hist.png", similarity_plot(nn, threshold))
+
+
+def index_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="index-clips", description="Embed clips, build FAISS indexes, find duplicates.")
+    ap.add_argument("manifest", help="clips.parquet (or .jsonl/.csv) from split-videos / caption-videos")
+    ap.add_argument("-o", "--out", required=True, help="INDEX_DIR (created, or an existing index to add to)")
+    ap.add_argument("--image-model", default=None,
+                    help="CLIP/SigLIP model id or folder (default: the compact frame signature, no weights)")
+    ap.add_argument("--text-model", default=None, help="sentence-transformers model (default: bundled MiniLM)")
+    ap.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
+    ap.add_argument("--threshold", type=float, default=dd.DEFAULT_THRESHOLD, help="near-duplicate cosine")
+    ap.add_argument("--method", choices=["auto", "exact", "partitioned"], default="auto")
+    ap.add_argument("--index-kind", choices=["auto", "flat", "ivf"], default="auto")
+    ap.add_argument("--trust-remote-code", action="store_true")
+    args = ap.parse_args(argv)
+    from rich.console import Console
+    from rich.progress import Progress
+    console = Console(stderr=True)
+    try:
+        total = len(read_manifest(args.manifest))
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("embedding clips", total=total)
+            meta = build_index(args.manifest, args.out, args.image_model, args.text_model, args.frames,
+                               args.threshold, args.method, args.index_kind, args.trust_remote_code,
+                               progress=lambda n: bar.advance(task, n))
+    except (ManifestError, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        return 2
+    d = meta["dedup"]
+    console.print(f"indexed {meta['clips']} clips ({len(meta['batches'])} manifests) in {args.out}: "
+                  f"{d['groups']} duplicate groups, {d['dropped']} clips marked keep=False "
+                  f"({d['cross_batch_groups']} groups across manifests), threshold {d['threshold']}, "
+                  f"{meta['failed']} sources failed")
+    return 0
+
+
+# ---------------------------------------------------------------- search-clips
+
+def search(index_dir, text: str | None = None, like: str | None = None, k: int = 10,
+           text_model: str | None = None) -> pd.DataFrame:
+    index_dir = Path(index_dir)
+    clips = read_manifest(index_dir / "clips.parquet") if (index_dir / "clips.parquet").exists() else None
+    if clips is None:
+        raise FileNotFoundError(f"{index_dir}: not an index folder; run index-clips first")
+    if text is not None:
+        vi = faiss_index.VectorIndex.load(index_dir, "text")
+        meta = json.loads((index_dir / "index.json").read_text())
+        model = text_model or (None if "bundled" in meta["text"]["name"] else meta["text"]["name"])
+        hits = vi.search(TextEmbedder(model).embed([text]), k)[0]
+    else:
+        vi = faiss_index.VectorIndex.load(index_dir, "visual")
+        hits = [h for h in vi.search(vi.vector(like), k + 1)[0] if h[0] != like][:k]
+    info = clips.drop_duplicates("clip_id").set_index("clip_id")
+    cols = [c for c in ("video_path", "start_sec", "end_sec", "caption", "dup_group", "keep") if c in info]
+    out = pd.DataFrame(hits, columns=["clip_id", "score"])
+    return out.join(info[cols], on="clip_id")
+
+
+def search_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="search-clips", description="Nearest clips to a text or to a clip.")
+    ap.add_argument("index_dir")
+    q = ap.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="find clips whose captions match this text")
+    q.add_argument("--like", metavar="CLIP_ID", help="find clips that look like this clip")
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--text-model", default=None)
+    args = ap.parse_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    try:
+        hits = search(args.index_dir, args.text, args.like, args.k, args.text_model)
+    except (FileNotFoundError, KeyError, ValueError, ManifestError) as e:
+        console.print(f"[red]error:[/] {str(e).strip(chr(39))}")
+        return 2
+    table = Table("score", "clip_id", "video", "time", "caption")
+    for r in hits.itertuples():
+        cap = str(getattr(r, "caption", "") or "")
+        table.add_row(f"{r.score:.3f}", r.clip_id, Path(str(r.video_path)).name,
+                      f"{r.start_sec:.2f}-{r.end_sec:.2f}s", cap[:80] + ("..." if len(cap) > 80 else ""))
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------- build-shards
+
+def shards_main(argv=None) -> int:
+    from .card import write_card
+    from .shards import build_shards, parse_size
+
+    ap = argparse.ArgumentParser(prog="build-shards", description="WebDataset shards + index.parquet + DATA_CARD.md")
+    ap.add_argument("manifest")
+    ap.add_argument("-o", "--out", required=True, help="SHARDS_DIR")
+    ap.add_argument("--index", default=None, help="INDEX_DIR from index-clips: drop clips with keep=False")
+    ap.add_argument("--no-dedup", action="store_true", help="keep duplicates")
+    ap.add_argument("--shard-size", default="1GB")
+    ap.add_argument("--format", choices=["webdataset", "opensora-csv"], default="webdataset")
+    ap.add_argument("--name", default=None, help="dataset name for the data card")
+    args = ap.parse_args(argv)
+    from rich.console import Console
+    from rich.progress import Progress
+    console = Console(stderr=True)
+    try:
+        df = read_manifest(args.manifest)
+        size = parse_size(args.shard_size)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("cutting clips", total=len(df))
+            rep = build_shards(df, args.out, args.index, not args.no_dedup, size, args.format,
+                               progress=lambda n: bar.advance(task, n))
+        write_card(args.out, df, rep, index_dir=args.index, name=args.name)
+    except (ManifestError, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        return 2
+    dropped = ", ".join(f"{n} {why}" for why, n in rep.dropped.items()) or "none"
+    console.print(f"{rep.samples} clips in {len(rep.shards) or args.format} shards under {args.out}; "
+                  f"failed {len(rep.failures)} (failed.jsonl); dropped: {dropped}")
+    return 0 if rep.samples or not len(df) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(index_main())

@@ -1,0 +1,222 @@
+"""Duplicate detection: exact duplicates by frame hash, near-duplicates by cosine similarity, one keeper per group.
+
+Near-duplicate pairs are all pairs of L2-normalised vectors with cosine >= threshold:
+- `exact` (n <= EXACT_MAX): chunked matrix products over the upper triangle, nothing missed.
+- `partitioned` (larger n): a blocked self-join. Vectors are clustered with FAISS k-means in a PCA-reduced
+  space; each vector lives in its nearest cell and probes its `probe` nearest cells, and every probe is one
+  dense matrix product of full-dimension vectors. Similarities are exact, so nothing below the threshold is
+  reported; a pair is missed only when neither vector probes the other's cell (measured by bench/dedup.py).
+
+Pairs are joined into connected components (`dup_group`); in each group one clip is kept by `KEEP_RULE`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import faiss
+import numpy as np
+import pandas as pd
+
+# Chosen from the nearest-neighbour similarity histogram of the signature embedder (see README):
+# re-encodes/resizes/trims of one clip score >= 0.95, different shots of real footage stay below 0.85.
+DEFAULT_THRESHOLD = 0.90
+EXACT_MAX = 20_000
+
+KEEP_RULE = ("earliest indexed batch (a dataset already indexed keeps its clips), then the longest clip, "
+             "then the highest resolution, then a caption without check flags, then the longest caption, "
+             "then the smallest clip_id")
+
+
+@dataclass
+class JoinParams:
+    method: str
+    threshold: float
+    nlist: int = 0
+    probe: int = 0
+    pca_dim: int = 0
+    train_size: int = 0
+
+
+def _exact_pairs(x: np.ndarray, threshold: float, chunk: int = 2048):
+    out_i, out_j, out_s = [], [], []
+    for a in range(0, len(x), chunk):
+        b = min(a + chunk, len(x))
+        sims = x[a:b] @ x[a:].T  # (chunk, n - a)
+        ii, jj = np.nonzero(sims >= threshold)
+        keep = jj + a > ii + a  # upper triangle only: j > i
+        out_i.append(ii[keep] + a)
+        out_j.append(jj[keep] + a)
+        out_s.append(sims[ii[keep], jj[keep]])
+    return _cat(out_i, out_j, out_s)
+
+
+def _cat(ii, jj, ss):
+    if not ii:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return (np.concatenate(ii).astype(np.int64), np.concatenate(jj).astype(np.int64),
+            np.concatenate(ss).astype(np.float32))
+
+
+def _partitioned_pairs(x: np.ndarray, threshold: float, params: JoinParams, seed: int = 0):
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    sample = np.ascontiguousarray(x[np.sort(rng.choice(n, params.train_size, replace=False))])
+    pca = faiss.PCAMatrix(d, params.pca_dim)
+    pca.train(sample)
+    km = faiss.Kmeans(params.pca_dim, params.nlist, niter=12, seed=seed, verbose=False)
+    km.train(pca.apply(sample))
+    cells = np.empty((n, params.probe), np.int64)
+    step = 65536
+    for a in range(0, n, step):  # nearest `probe` cells in the reduced space, in chunks (bounded memory)
+        _, cells[a:a + step] = km.index.search(pca.apply(np.ascontiguousarray(x[a:a + step])), params.probe)
+    home = cells[:, 0]
+    order = np.argsort(home, kind="stable")  # rows grouped by home cell
+    home_start = np.searchsorted(home[order], np.arange(params.nlist + 1))
+    flat_rows = np.repeat(np.arange(n), params.probe)
+    flat_cells = cells.reshape(-1)
+    porder = np.argsort(flat_cells, kind="stable")  # rows grouped by probed cell
+    probe_rows = flat_rows[porder]
+    probe_start = np.searchsorted(flat_cells[porder], np.arange(params.nlist + 1))
+    out_i, out_j, out_s = [], [], []
+    for c in range(params.nlist):
+        members = order[home_start[c]:home_start[c + 1]]
+        visitors = probe_rows[probe_start[c]:probe_start[c + 1]]
+        if len(members) == 0 or len(visitors) == 0:
+            continue
+        sims = x[visitors] @ x[members].T
+        vi, mi = np.nonzero(sims >= threshold)
+        a, b = visitors[vi], members[mi]
+        keep = a != b
+        out_i.append(np.minimum(a[keep], b[keep]))
+        out_j.append(np.maximum(a[keep], b[keep]))
+        out_s.append(sims[vi[keep], mi[keep]])
+    i, j, s = _cat(out_i, out_j, out_s)
+    if len(i):  # a pair seen from both sides counts once
+        _, first = np.unique(i * n + j, return_index=True)
+        i, j, s = i[first], j[first], s[first]
+    return i, j, s
+
+
+def join_params(n: int, dim: int, threshold: float, method: str = "auto", probe: int = 4) -> JoinParams:
+    if method == "auto":
+        method = "exact" if n <= EXACT_MAX else "partitioned"
+    if method == "exact":
+        return JoinParams("exact", float(threshold))
+    if method != "partitioned":
+        raise ValueError(f"unknown dedup method {method!r} (auto, exact, partitioned)")
+    nlist = int(min(8192, max(16, 4 * math.sqrt(n))))
+    return JoinParams("partitioned", float(threshold), nlist=nlist, probe=int(min(probe, nlist)),
+                      pca_dim=int(min(64, dim)), train_size=int(min(n, 40 * nlist)))
+
+
+def near_duplicate_pairs(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, method: str = "auto",
+                         probe: int = 4, seed: int = 0):
+    """All pairs i < j with cosine >= threshold: (i, j, sim) arrays and the parameters used."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    params = join_params(len(x), x.shape[1] if x.ndim == 2 else 0, threshold, method, probe)
+    if len(x) < 2:
+        i, j, s = _cat([], [], [])
+    elif params.method == "exact":
+        i, j, s = _exact_pairs(x, params.threshold)
+    else:
+        i, j, s = _partitioned_pairs(x, params.threshold, params, seed)
+    order = np.lexsort((j, i))
+    return i[order], j[order], s[order], params
+
+
+def connected_components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Component label per node (the smallest node index in its component), by min-label propagation."""
+    labels = np.arange(n)
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    while len(i):
+        lo = np.minimum(labels[i], labels[j])
+        new = labels.copy()
+        np.minimum.at(new, i, lo)
+        np.minimum.at(new, j, lo)
+        new = new[new]  # pointer jumping
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def nearest_neighbour_similarity(vectors: np.ndarray, sample: int = 2000, seed: int = 0, chunk: int = 65536):
+    """Similarity of (a sample of) clips to their nearest other clip: the histogram to choose a threshold."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(x) < 2:
+        return np.zeros(0, np.float32)
+    rows = np.arange(len(x)) if len(x) <= sample else np.sort(
+        np.random.default_rng(seed).choice(len(x), sample, replace=False))
+    best = np.full(len(rows), -1.0, np.float32)
+    for a in range(0, len(x), chunk):
+        sims = x[rows] @ x[a:a + chunk].T
+        own = (rows >= a) & (rows < a + chunk)
+        sims[np.nonzero(own)[0], rows[own] - a] = -np.inf  # a clip is not its own neighbour
+        best = np.maximum(best, sims.max(axis=1))
+    return best
+
+
+def _keep_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Sort keys for KEEP_RULE (ascending = better)."""
+    dur = df["num_frames"].astype(float) / df["fps"].replace(0, np.nan).astype(float)
+    caption = df["caption"].fillna("").astype(str) if "caption" in df else pd.Series("", index=df.index)
+    flags = df["caption_flags"].fillna("").astype(str) if "caption_flags" in df else pd.Series("", index=df.index)
+    batch = df["batch"] if "batch" in df else pd.Series(0, index=df.index)
+    return pd.DataFrame({
+        "batch": batch.astype(int), "dur": -dur.fillna(0), "pixels": -(df["width"] * df["height"]).astype(float),
+        "flagged": ((caption.str.strip() == "") | (flags.str.strip() != "")).astype(int),
+        "caption_len": -caption.str.len(), "clip_id": df["clip_id"].astype(str),
+    }, index=df.index)
+
+
+def assign_groups(df: pd.DataFrame, i: np.ndarray, j: np.ndarray, exact_key: pd.Series | None = None):
+    """`dup_group` (-1 for a clip without duplicates, else 0..G-1) and `keep` per row of `df`.
+
+    Rows with the same `exact_key` (frame hash) are joined first, then the near-duplicate pairs (i, j)."""
+    n = len(df)
+    ii, jj = [np.asarray(i, np.int64)], [np.asarray(j, np.int64)]
+    if exact_key is not None and n:
+        codes = pd.factorize(pd.Series(exact_key).astype(str).to_numpy())[0]
+        first = pd.Series(np.arange(n)).groupby(codes).transform("min").to_numpy()
+        same = first != np.arange(n)
+        ii.append(first[same])
+        jj.append(np.arange(n)[same])
+    labels = connected_components(n, np.concatenate(ii), np.concatenate(jj))
+    sizes = np.bincount(labels, minlength=n)
+    grouped = sizes[labels] > 1
+    keys = _keep_order(df.reset_index(drop=True))
+    keys["label"] = labels
+    dup_group = np.full(n, -1, np.int64)
+    keep = np.ones(n, bool)
+    if grouped.any():
+        g = keys[grouped]
+        # group ids ordered by each group's smallest clip_id: stable across re-runs and row order
+        first_id = g.groupby("label")["clip_id"].min().sort_values(kind="stable")
+        gid = pd.Series(np.arange(len(first_id)), index=first_id.index)
+        dup_group[grouped] = gid.loc[g["label"]].to_numpy()
+        best = g.sort_values(["label", "batch", "dur", "pixels", "flagged", "caption_len", "clip_id"],
+                             kind="stable").groupby("label").head(1).index
+        keep[grouped] = False
+        keep[best.to_numpy()] = True
+    return dup_group, keep
+
+
+def params_dict(p: JoinParams) -> dict:
+    return asdict(p)
+
+
+def load_dedup(index_dir) -> pd.DataFrame:
+    """The index folder's clip table: clip_id, video_path, dup_group, keep (+ the manifest columns)."""
+    from pathlib import Path
+
+    from .manifest import read_manifest
+
+    path = Path(index_dir) / "clips.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{index_dir}: not an index folder (no clips.parquet); run index-clips first")
+    df = read_manifest(path)
+    if "keep" not in df or "dup_group" not in df:
+        raise ValueError(f"{path}: has no dedup columns; re-run index-clips")
+    return df

@@ -1,0 +1,150 @@
+"""A FAISS index over L2-normalised clip vectors (inner product = cosine), chosen by size, with its id map.
+
+Up to `FLAT_MAX` vectors the index is exact (`IndexFlatIP`); beyond it is `IndexIVFFlat` with
+`nlist = 4 * sqrt(n)` lists trained on a sample and `nprobe` recorded. The index file is saved beside a
+JSON of its parameters and an id map (`<name>.ids.parquet`, row -> clip_id): faiss ids are row numbers.
+Indexes only grow: adding a manifest appends rows, so existing ids never move.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from .manifest import atomic_write_bytes, atomic_write_text
+
+FLAT_MAX = 1_000_000
+
+
+@dataclass
+class IndexParams:
+    kind: str  # "flat" or "ivf"
+    dim: int
+    metric: str = "inner_product"
+    nlist: int = 0
+    nprobe: int = 0
+    train_size: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def choose_params(n: int, dim: int, kind: str = "auto") -> IndexParams:
+    if kind == "auto":
+        kind = "flat" if n <= FLAT_MAX else "ivf"
+    if kind == "flat":
+        return IndexParams("flat", dim)
+    if kind != "ivf":
+        raise ValueError(f"unknown index kind {kind!r} (auto, flat, ivf)")
+    nlist = max(1, min(int(4 * math.sqrt(max(n, 1))), max(1, n // 39)))
+    return IndexParams("ivf", dim, nlist=nlist, nprobe=min(nlist, 16), train_size=min(n, 64 * nlist))
+
+
+def build(vectors: np.ndarray, kind: str = "auto", seed: int = 0) -> tuple[faiss.Index, IndexParams]:
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    params = choose_params(len(x), x.shape[1], kind)
+    if params.kind == "flat":
+        index = faiss.IndexFlatIP(params.dim)
+    else:
+        quantizer = faiss.IndexFlatIP(params.dim)
+        index = faiss.IndexIVFFlat(quantizer, params.dim, params.nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = x[np.sort(rng.choice(len(x), params.train_size, replace=False))]
+        index.train(sample)
+        index.nprobe = params.nprobe
+    index.add(x)
+    return index, params
+
+
+class VectorIndex:
+    """A saved FAISS index + its parameters + the row -> clip_id map."""
+
+    def __init__(self, index: faiss.Index, params: IndexParams, clip_ids: list[str]):
+        if index.ntotal != len(clip_ids):
+            raise ValueError(f"index holds {index.ntotal} vectors but the id map {len(clip_ids)}")
+        self.index, self.params, self.clip_ids = index, params, list(clip_ids)
+        self._row: dict[str, int] = {}
+        for i, c in enumerate(self.clip_ids):
+            self._row.setdefault(c, i)  # the same clip indexed twice (a copied file): first row wins
+
+    @classmethod
+    def create(cls, vectors: np.ndarray, clip_ids: list[str], kind: str = "auto") -> "VectorIndex":
+        index, params = build(vectors, kind)
+        return cls(index, params, clip_ids)
+
+    def add(self, vectors: np.ndarray, clip_ids: list[str]) -> None:
+        """Append rows. A flat index that grows past FLAT_MAX is rebuilt as IVF by the caller (`update`)."""
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.clip_ids.extend(clip_ids)
+        for i, c in enumerate(clip_ids):
+            self._row.setdefault(c, len(self.clip_ids) - len(clip_ids) + i)
+
+    def row(self, clip_id: str) -> int:
+        if clip_id not in self._row:
+            raise KeyError(f"clip {clip_id} is not in the index")
+        return self._row[clip_id]
+
+    def vector(self, clip_id: str) -> np.ndarray:
+        return self.index.reconstruct(self.row(clip_id))
+
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        scores, rows = self.index.search(q, min(int(k), self.index.ntotal))
+        return [[(self.clip_ids[r], float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
+
+    def range_search(self, queries: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All (query, row, similarity) with similarity >= threshold."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        lims, sims, rows = self.index.range_search(q, float(threshold))
+        qidx = np.repeat(np.arange(len(q)), np.diff(lims))
+        return qidx, rows.astype(np.int64), sims
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, folder, name: str) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = faiss.serialize_index(self.index)
+        atomic_write_bytes(folder / f"{name}.faiss", buf.tobytes())
+        ids = pd.DataFrame({"row": np.arange(len(self.clip_ids)), "clip_id": self.clip_ids})
+        atomic_write_bytes(folder / f"{name}.ids.parquet", ids.to_parquet(index=False))
+        meta = {**asdict(self.params), "ntotal": int(self.index.ntotal), "faiss_version": faiss.__version__}
+        atomic_write_text(folder / f"{name}.json", json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder, name: str) -> "VectorIndex":
+        folder = Path(folder)
+        path = folder / f"{name}.faiss"
+        if not path.exists():
+            raise FileNotFoundError(f"{folder}: no {name} index (run index-clips first)")
+        index = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
+        meta = json.loads((folder / f"{name}.json").read_text())
+        params = IndexParams(**{k: v for k, v in meta.items() if k in IndexParams.__dataclass_fields__})
+        if params.kind == "ivf":
+            index.nprobe = params.nprobe
+        ids = pd.read_parquet(folder / f"{name}.ids.parquet").sort_values("row")["clip_id"].tolist()
+        return cls(index, params, ids)
+
+
+def update(folder, name: str, vectors: np.ndarray, clip_ids: list[str], kind: str = "auto") -> VectorIndex:
+    """Bring the saved index up to date with all rows: append the new tail, or rebuild when the existing
+    rows differ from the saved id map or the size calls for another kind."""
+    clip_ids = list(clip_ids)
+    try:
+        old = VectorIndex.load(folder, name)
+    except FileNotFoundError:
+        old = None
+    want = choose_params(len(clip_ids), vectors.shape[1] if vectors.ndim == 2 else 0, kind).kind
+    if (old is not None and old.params.kind == want and old.params.dim == vectors.shape[1]
+            and old.clip_ids == clip_ids[:len(old.clip_ids)]):
+        if len(old.clip_ids) < len(clip_ids):
+            old.add(vectors[len(old.clip_ids):], clip_ids[len(old.clip_ids):])
+            old.save(folder, name)
+        return old
+    vi = VectorIndex.create(vectors, clip_ids, kind)
+    vi.save(folder, name)
+    return vi

@@ -1,0 +1,275 @@
+"""`build-shards`: WebDataset tar shards of frame-accurate clip mp4s + their manifest rows.
+
+Layout of SHARDS_DIR (the trainer reads it):
+  <bucket>-<n>.tar     samples keyed by clip_id: `<key>.mp4` (the clip, frame 0 = start_frame) and
+                       `<key>.json` (the manifest row + bucket); one bucket per shard
+  index.parquet        clip_id, key, shard, bucket + the manifest columns, one row per sample
+  failed.jsonl         rows that could not be used (missing or changed video, no caption, bad range)
+  DATA_CARD.md         see index/card.py
+
+Two steps, both resumable: clips are cut per source video (one decode each) into `.staging/` (each file
+complete or absent), then shards are written in a fixed order (bucket, clip_id) from the staged files, each
+to a temp name and renamed, so a shard is complete or absent. Tar headers carry no times or owners: the same
+inputs give byte-identical shards. `opensora-csv` keeps the clip files and writes Open-Sora's CSV instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .dedup import load_dedup
+from .manifest import atomic_write_bytes, atomic_write_text, failure, write_failed
+from .record import file_sha256
+from .video import VideoError, cut_clips
+
+STAGE = "shards"
+RES_BUCKETS = ((144, "144p"), (240, "240p"), (360, "360p"), (480, "480p"), (720, "720p"), (1080, "1080p"),
+               (1440, "1440p"), (2160, "2160p"))
+FRAME_BUCKETS = (16, 32, 64, 128, 256, 512)
+ASPECTS = {"9x16": 16 / 9, "3x4": 4 / 3, "1x1": 1.0, "4x3": 3 / 4, "16x9": 9 / 16, "21x9": 9 / 21}  # h / w
+
+
+def parse_size(text) -> int:
+    """'1GB', '500MB', '64KiB', '1000000' -> bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?i?b?)\s*", str(text).lower())
+    if not m:
+        raise ValueError(f"bad size {text!r} (e.g. 1GB, 500MB)")
+    unit = m.group(2).rstrip("b").rstrip("i")
+    return int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[unit])
+
+
+def bucket_of(width: int, height: int, num_frames: int) -> str:
+    """'360p_16x9_f065-128': resolution by the short side, nearest standard aspect, frame-count range."""
+    short = min(int(width), int(height))
+    res = next((name for px, name in RES_BUCKETS if short <= px), "4k+")
+    ratio = height / width if width else 1.0
+    aspect = min(ASPECTS, key=lambda k: abs(math.log(ASPECTS[k]) - math.log(max(ratio, 1e-6))))
+    lo = 1
+    for hi in FRAME_BUCKETS:
+        if num_frames <= hi:
+            return f"{res}_{aspect}_f{lo:03d}-{hi:03d}"
+        lo = hi + 1
+    return f"{res}_{aspect}_f{lo:03d}+"
+
+
+def safe_key(clip_id) -> str:
+    """A WebDataset key: ASCII letters, digits, '_' and '-' only (no dots: they split members)."""
+    text = str(clip_id)
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,100}", text):
+        return text
+    import hashlib
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:60].strip("_") or "clip"
+    return f"{clean}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _json_value(v):
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, np.ndarray):
+        return [_json_value(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is pd.NA or v is pd.NaT:
+        return None
+    return v
+
+
+def row_json(row: dict) -> bytes:
+    return json.dumps({k: _json_value(v) for k, v in row.items()}, ensure_ascii=False, sort_keys=True).encode()
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(path, samples: list[tuple[str, dict, Path]]) -> int:
+    """Write one tar (temp name, fsync, rename): (key, manifest row, staged mp4) per sample. Returns bytes."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, row, mp4 in samples:
+                _tar_add(tar, f"{key}.mp4", Path(mp4).read_bytes())
+                _tar_add(tar, f"{key}.json", row_json(row))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+@dataclass
+class ShardReport:
+    out_dir: Path
+    samples: int = 0
+    shards: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
+    dropped: dict = field(default_factory=dict)  # reason -> count
+    index: pd.DataFrame | None = None
+
+
+def _select(df: pd.DataFrame, dedup: bool, index_dir, report: ShardReport) -> pd.DataFrame:
+    """Drop rows without caption (failures) and duplicates (dedup), in that order."""
+    caption = df["caption"] if "caption" in df else pd.Series([None] * len(df), index=df.index)
+    no_caption = caption.isna() | (caption.astype(str).str.strip() == "")
+    for _, r in df[no_caption].iterrows():
+        report.failures.append(failure(r["video_path"], STAGE, f"clip {r['clip_id']}: no caption"))
+    df = df[~no_caption]
+    if not dedup:
+        return df
+    if index_dir is not None:
+        table = load_dedup(index_dir)
+        df = df.drop(columns=[c for c in ("dup_group", "keep") if c in df]).merge(
+            table[["clip_id", "video_path", "dup_group", "keep"]], on=["clip_id", "video_path"], how="left")
+        unknown = df["keep"].isna()
+        if unknown.any():
+            report.dropped["not in the index (run index-clips on this manifest)"] = int(unknown.sum())
+        df = df[~unknown]
+    if "keep" in df:
+        dup = ~df["keep"].astype(bool)
+        if dup.any():
+            report.dropped["near or exact duplicate"] = int(dup.sum())
+        df = df[~dup]
+    repeated = df["clip_id"].duplicated(keep="first")
+    if repeated.any():
+        report.dropped["repeated clip_id (identical content)"] = int(repeated.sum())
+    return df[~repeated]
+
+
+def _stage(df: pd.DataFrame, staging: Path, report: ShardReport, progress=None) -> None:
+    """Cut the clips of `df` into staging/<key>.mp4, one decode per source; failures are recorded."""
+    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True):
+        dsts = [staging / f"{safe_key(c)}.mp4" for c in rows["clip_id"]]
+        reason = None
+        if not Path(path).exists():
+            reason = "video missing"
+        elif file_sha256(path) != sha:
+            reason = "video changed since splitting (sha256 mismatch)"
+        else:
+            try:
+                cut_clips(path, list(zip(rows["start_frame"], rows["end_frame"])), dsts,
+                          fps=float(rows["fps"].iloc[0]) or None)
+            except VideoError as e:
+                reason = str(e)
+            except (OSError, ValueError) as e:
+                reason = f"cannot cut clips ({type(e).__name__}: {e})"
+        for d, (_, r) in zip(dsts, rows.iterrows()):
+            if not d.exists():
+                report.failures.append(failure(path, STAGE, f"clip {r['clip_id']}: {reason or 'not cut'}"))
+        if progress is not None:
+            progress(len(rows))
+
+
+def _list_shards(out_dir: Path) -> dict[str, list[tarfile.TarInfo]]:
+    out = {}
+    for tar_path in sorted(out_dir.glob("*.tar")):
+        try:
+            with tarfile.open(tar_path) as tar:
+                out[tar_path.name] = tar.getmembers()
+        except (tarfile.TarError, OSError):
+            tar_path.unlink()  # cannot happen for our atomic writes; a foreign file is not a shard
+    return out
+
+
+def plan_shards(df: pd.DataFrame, sizes: dict, shard_size: int) -> pd.DataFrame:
+    """Fixed order (bucket, key); a shard closes before it would pass shard_size (>= 1 sample)."""
+    df = df.sort_values(["bucket", "key"], kind="stable").reset_index(drop=True)
+    names, current, used, count = [], None, 0, 0
+    for bucket, key in zip(df["bucket"], df["key"]):
+        size = sizes[key] + 2048  # two tar headers, padding and the json
+        if current is None or current[0] != bucket or (used + size > shard_size and used > 0):
+            count = count + 1 if current is not None and current[0] == bucket else 0
+            current, used = (bucket, count), 0
+        used += size
+        names.append(f"{bucket}-{current[1]:05d}.tar")
+    df["shard"] = names
+    return df
+
+
+def build_shards(df: pd.DataFrame, out_dir, index_dir=None, dedup: bool = True, shard_size: int = 10**9,
+                 fmt: str = "webdataset", progress=None) -> ShardReport:
+    """The whole step on a manifest DataFrame; see the module docstring."""
+    if fmt not in ("webdataset", "opensora-csv"):
+        raise ValueError(f"unknown format {fmt!r} (webdataset, opensora-csv)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = ShardReport(out_dir)
+    df = _select(df.reset_index(drop=True), dedup, index_dir, report)
+    df = df.assign(key=[safe_key(c) for c in df["clip_id"]],
+                   bucket=[bucket_of(w, h, n) for w, h, n in zip(df["width"], df["height"], df["num_frames"])])
+    staging = out_dir / ("clips" if fmt == "opensora-csv" else ".staging")
+    staging.mkdir(exist_ok=True)
+    existing = _list_shards(out_dir) if fmt == "webdataset" else {}
+    in_tar = {m.name[:-4]: (name, m) for name, members in existing.items() for m in members
+              if m.name.endswith(".mp4")}
+    staged = lambda k: (staging / f"{k}.mp4").exists()  # noqa: E731
+    _stage(df[[not staged(k) and k not in in_tar for k in df["key"]]], staging, report, progress)
+    df = df[[staged(k) or k in in_tar for k in df["key"]]]
+    if fmt == "opensora-csv":
+        _write_opensora(df, staging, out_dir)
+    else:
+        sizes = {k: (staging / f"{k}.mp4").stat().st_size if staged(k) else in_tar[k][1].size for k in df["key"]}
+        df = plan_shards(df, sizes, shard_size)
+        groups = {shard: rows for shard, rows in df.groupby("shard", sort=True)}
+        todo = [s for s, rows in groups.items()  # a shard is complete or absent: keep it if its members match
+                if [m.name for m in existing.get(s, [])] != [f"{k}.{e}" for k in rows["key"] for e in ("mp4", "json")]]
+        _unpack([k for s in todo for k in groups[s]["key"] if not staged(k)], in_tar, out_dir, staging)
+        columns = [c for c in df.columns if c not in ("key", "bucket", "shard")]
+        for shard in todo:
+            rows = groups[shard]
+            write_shard(out_dir / shard, [(k, {**{c: r[c] for c in columns}, "bucket": r["bucket"]},
+                                           staging / f"{k}.mp4") for k, (_, r) in zip(rows["key"], rows.iterrows())])
+        report.shards = sorted(groups)
+        for stale in set(existing) - set(groups):  # shards of an earlier plan (other inputs or size)
+            (out_dir / stale).unlink()
+        front = ["clip_id", "key", "shard", "bucket"]
+        index = df[front + [c for c in df.columns if c not in front]]
+        atomic_write_bytes(out_dir / "index.parquet", index.to_parquet(index=False))
+        shutil.rmtree(staging, ignore_errors=True)
+    report.index = df
+    report.samples = len(df)
+    write_failed(out_dir, report.failures)
+    return report
+
+
+def _unpack(keys: list[str], in_tar: dict, out_dir: Path, staging: Path) -> None:
+    """Copy clips that live only in existing shards back to staging (their shard is being rewritten)."""
+    by_tar: dict[str, list[str]] = {}
+    for k in keys:
+        by_tar.setdefault(in_tar[k][0], []).append(k)
+    for name, ks in by_tar.items():
+        with tarfile.open(out_dir / name) as tar:
+            for k in ks:
+                atomic_write_bytes(staging / f"{k}.mp4", tar.extractfile(in_tar[k][1]).read())
+
+
+def _write_opensora(df: pd.DataFrame, clips_dir: Path, out_dir: Path) -> None:
+    """Open-Sora's CSV: path,text,num_frames,height,width,aspect_ratio,fps,resolution (path: the clip file)."""
+    csv = pd.DataFrame({
+        "path": [str((clips_dir / f"{k}.mp4").resolve()) for k in df["key"]],
+        "text": df["caption"].astype(str).to_numpy(),
+        "num_frames": df["num_frames"].astype(int).to_numpy(),
+        "height": df["height"].astype(int).to_numpy(), "width": df["width"].astype(int).to_numpy(),
+        "aspect_ratio": df["aspect_ratio"].astype(float).to_numpy(), "fps": df["fps"].astype(float).to_numpy(),
+        "resolution": (df["height"] * df["width"]).astype(int).to_numpy(),
+    }).sort_values("path", kind="stable")
+    atomic_write_text(out_dir / "opensora.csv", csv.to_csv(index=False))
+    keep = set(df["key"])
+    for stale in clips_dir.glob("*.mp4"):
+        if stale.stem not in keep:
+            stale.unlink()
