@@ -82,9 +82,14 @@ def _video_stream(container):
     return stream
 
 
-def _rotation(stream) -> int:
-    """Display rotation in degrees (0, 90, 180, 270), from the display matrix or the legacy tag."""
+def _rotation(stream, frame=None) -> int:
+    """Display rotation in degrees (0, 90, 180, 270), from the display matrix or the legacy tag.
+
+    PyAV >= 14 exposes the display matrix on decoded frames (`frame.rotation`), not on the stream.
+    """
     rot = 0
+    if frame is not None and getattr(frame, "rotation", None):
+        return int(round(float(frame.rotation))) % 360
     try:
         side = stream.side_data
         if hasattr(side, "get"):
@@ -134,6 +139,7 @@ def probe(src) -> VideoInfo:
         if first is None:
             raise VideoError("no decodable video frames")
         start = float(first.pts * tb) if first.pts is not None else 0.0
+        rot = _rotation(stream, first)
         w, h = _display_size(cc.width or first.width, cc.height or first.height, sar, rot)
         return VideoInfo(
             path=str(src) if isinstance(src, (str, os.PathLike)) else "<bytes>",
@@ -155,13 +161,9 @@ def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = Non
         stream = _video_stream(c)
         if threads:
             stream.thread_type = "AUTO"
-        rot = _rotation(stream)
+        rot = None  # from the first decoded frame (where PyAV puts the display matrix)
         tb = stream.time_base or Fraction(1, 1)
         cc = stream.codec_context
-        disp = _display_size(cc.width, cc.height, stream.sample_aspect_ratio, rot)
-        out_w, out_h = size or disp
-        # size before rotation: rotate after resizing
-        pre_w, pre_h = (out_h, out_w) if rot in (90, 270) else (out_w, out_h)
         index, first_pts, last_pts, errors = 0, None, None, 0
         packets = c.demux(stream)
         while True:
@@ -181,6 +183,12 @@ def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = Non
                     raise VideoError(f"undecodable frames ({_short(e)})") from None
                 continue
             for frame in frames:
+                if rot is None:
+                    rot = _rotation(stream, frame)
+                    disp = _display_size(cc.width, cc.height, stream.sample_aspect_ratio, rot)
+                    out_w, out_h = size or disp
+                    # size before rotation: rotate after resizing
+                    pre_w, pre_h = (out_h, out_w) if rot in (90, 270) else (out_w, out_h)
                 pts = frame.pts if frame.pts is not None else frame.dts
                 if pts is None:  # no timestamps at all: count on the nominal rate
                     pts_sec = index / float(stream.average_rate or 25)

@@ -1,0 +1,145 @@
+"""Shot-boundary accuracy and speed of every splitter detector, against PySceneDetect's AdaptiveDetector
+with its library defaults (`scenedetect.detect(path, AdaptiveDetector())`, its own OpenCV decode) in the
+same run.
+
+    python bench/splitter.py [--synthetic 6] [--seconds 12] [--realdata .realdata] [--detectors ...]
+
+Ground truth: synthetic videos from `index.synth` (hard cuts, fades, dissolves, fast motion with no cut;
+exact frames) and the real clips of ../shared/realdata (fetched with its fetch.sh; cuts in cuts.json).
+A predicted boundary matches a hard cut within 0.1 s and a gradual transition within 0.7 s of its
+centre (one-to-one, nearest first). Wall time is the whole per-file call, decode included; model
+loading is timed apart. Prints a markdown table; the machine load average is printed with it because
+other processes on a shared machine slow every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from index import synth  # noqa: E402
+from splitter.detectors import DETECTORS, make_detector  # noqa: E402
+
+HARD_TOL, GRADUAL_TOL = 0.1, 0.7
+
+
+def predicted_boundaries(shots) -> list[float]:
+    """One time per boundary: the next shot's start at a hard cut, the gap's centre at a transition."""
+    out = []
+    for a, b in zip(shots, shots[1:]):
+        out.append(b.start_sec if a.end_frame == b.start_frame else (a.end_sec + b.start_sec) / 2)
+    return out
+
+
+def match(truth: list[tuple[str, float]], pred: list[float]) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives), one-to-one, closest pairs first."""
+    pairs = sorted((abs(t - p), i, j) for i, (kind, t) in enumerate(truth) for j, p in enumerate(pred)
+                   if abs(t - p) <= (HARD_TOL if kind == "hard" else GRADUAL_TOL) + 1e-9)
+    used_t, used_p = set(), set()
+    for _, i, j in pairs:
+        if i not in used_t and j not in used_p:
+            used_t.add(i)
+            used_p.add(j)
+    tp = len(used_t)
+    return tp, len(pred) - tp, len(truth) - tp
+
+
+def f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def dataset(args, tmp: Path) -> list[tuple[str, Path, list[tuple[str, float]]]]:
+    items = []
+    truths = synth.make_sample_videos(tmp, count=args.synthetic, seconds=args.seconds, size=(320, 180))
+    for name, truth in sorted(truths.items()):
+        items.append(("synthetic", tmp / name, truth.boundaries()))
+    real = Path(args.realdata)
+    cuts_file = real / "cuts.json"
+    if not cuts_file.exists():
+        cuts_file = ROOT.parent / "shared" / "realdata" / "cuts.json"
+    if real.is_dir() and cuts_file.exists():
+        cuts = json.loads(cuts_file.read_text())
+        for name, c in cuts.items():
+            if not name.startswith("_") and (real / name).exists():
+                b = [("hard", t) for t in c["hard"]] + [("gradual", t) for t in c.get("gradual", [])]
+                items.append(("real", real / name, sorted(b, key=lambda x: x[1])))
+    return items
+
+
+def baseline(path) -> list[float]:
+    from scenedetect import AdaptiveDetector, detect
+
+    scenes = detect(str(path), AdaptiveDetector())
+    return [s[0].seconds for s in scenes[1:]]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--synthetic", type=int, default=6, help="number of synthetic videos")
+    ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--realdata", default=str(ROOT / ".realdata"))
+    ap.add_argument("--detectors", nargs="*", default=list(DETECTORS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        items = dataset(args, Path(tmp))
+        rows = {}
+        base_time, counts = 0.0, {"synthetic": [0, 0, 0], "real": [0, 0, 0], "all": [0, 0, 0]}
+        baseline(items[0][1])  # warm the library imports
+        for kind, path, truth in items:
+            t = time.perf_counter()
+            pred = baseline(path)
+            base_time += time.perf_counter() - t
+            for k, v in zip((kind, "all"), (match(truth, pred),) * 2):
+                counts[k] = [a + b for a, b in zip(counts[k], v)]
+        rows["PySceneDetect AdaptiveDetector (library defaults, baseline)"] = dict(time=base_time, load=0.0,
+                                                                                  **counts)
+        for name in args.detectors:
+            t = time.perf_counter()
+            det = make_detector(name)
+            load = time.perf_counter() - t
+            det.detect(items[0][1])  # warm-up (first-call allocations), not timed
+            total, counts = 0.0, {"synthetic": [0, 0, 0], "real": [0, 0, 0], "all": [0, 0, 0]}
+            for kind, path, truth in items:
+                t = time.perf_counter()
+                shots, _ = det.detect(path)
+                total += time.perf_counter() - t
+                v = match(truth, predicted_boundaries(shots))
+                for k in (kind, "all"):
+                    counts[k] = [a + b for a, b in zip(counts[k], v)]
+            rows[f"shotcap `{name}`"] = dict(time=total, load=load, **counts)
+    load1 = os.getloadavg()
+    n_syn = sum(1 for k, *_ in items if k == "synthetic")
+    n_real = len(items) - n_syn
+    print(f"\n{n_syn} synthetic videos ({args.seconds:g} s, 320x180, cuts/fades/dissolves/fast motion) + "
+          f"{n_real} real clips; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+          f"load average {load0[0]:.1f} -> {load1[0]:.1f}\n")
+    print("| detector | F1 synthetic | F1 real | P / R / F1 all | wall s | ratio vs baseline | model load s |")
+    print("|---|---|---|---|---|---|---|")
+    base = rows[next(iter(rows))]["time"]
+    for name, r in rows.items():
+        fs, fr, fa = f1(*r["synthetic"])[2], f1(*r["real"])[2], f1(*r["all"])
+        print(f"| {name} | {fs:.3f} | {fr:.3f} | {fa[0]:.3f} / {fa[1]:.3f} / {fa[2]:.3f} | {r['time']:.2f} | "
+              f"{r['time'] / base:.2f} | {r['load']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
