@@ -50,7 +50,7 @@ def to_tensor(frames: np.ndarray, out_w: int, out_h: int) -> torch.Tensor:
 class ClipDataset(torch.utils.data.Dataset):
     """Rows with `caption, num_frames, width, height`; `__getitem__((i, (T, H, W)))` reads row i at a bucket."""
 
-    def __init__(self, rows: pd.DataFrame, frame_interval: int = 1, seed: int = 0):
+    def __init__(self, rows: pd.DataFrame, frame_interval: int = 1, seed: int = 0, cache: bool = False):
         if "caption" not in rows.columns:
             raise ValueError("the training data has no 'caption' column: run caption-videos first")
         rows = rows[rows["caption"].notna() & (rows["caption"].astype(str).str.len() > 0)]
@@ -60,6 +60,7 @@ class ClipDataset(torch.utils.data.Dataset):
             raise ValueError("the training data has no captioned clips")
         self.rows = rows.reset_index(drop=True)
         self.frame_interval, self.seed, self.epoch = int(frame_interval), int(seed), 0
+        self.cache = {} if cache else None  # decoded frames kept in memory (small datasets, benchmarks)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -77,19 +78,25 @@ class ClipDataset(torch.utils.data.Dataset):
         i, (T, H, W) = item if isinstance(item, tuple) else (item, (8, 64, 64))
         row = self.rows.iloc[int(i)]
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-        src, offset = self._source(row)
-        idx = [offset + k for k in frame_indices(int(row["num_frames"]), T, self.frame_interval, rng)]
-        frames = read_frames(src, idx, size=resize_size(int(row["width"]), int(row["height"]), W, H))
+        idx = frame_indices(int(row["num_frames"]), T, self.frame_interval, rng)
+        size = resize_size(int(row["width"]), int(row["height"]), W, H)
+        key = (int(i), tuple(idx), size)
+        frames = None if self.cache is None else self.cache.get(key)
+        if frames is None:
+            src, offset = self._source(row)
+            frames = read_frames(src, [offset + k for k in idx], size=size)
+            if self.cache is not None:
+                self.cache[key] = frames
         return {"video": to_tensor(frames, W, H), "caption": str(row["caption"]), "clip_id": str(row["clip_id"])}
 
 
 class ManifestDataset(ClipDataset):
     """A captioned clips manifest (`clips.parquet`); frames come from the source video (or `clip_path`)."""
 
-    def __init__(self, path, frame_interval: int = 1, seed: int = 0):
+    def __init__(self, path, frame_interval: int = 1, seed: int = 0, cache: bool = False):
         from index.manifest import read_manifest
 
-        super().__init__(read_manifest(path), frame_interval, seed)
+        super().__init__(read_manifest(path), frame_interval, seed, cache)
         self.base = Path(path).parent
 
     def _source(self, row):
@@ -109,7 +116,7 @@ class ShardDataset(ClipDataset):
     Members are located once by reading the tar headers, then read by offset: random access for buckets.
     """
 
-    def __init__(self, shards_dir, frame_interval: int = 1, seed: int = 0):
+    def __init__(self, shards_dir, frame_interval: int = 1, seed: int = 0, cache: bool = False):
         self.dir = Path(shards_dir)
         tars = sorted(self.dir.glob("*.tar"))
         if not tars:
@@ -127,7 +134,7 @@ class ShardDataset(ClipDataset):
         index = self.dir / "index.parquet"
         rows = pd.read_parquet(index) if index.exists() else pd.DataFrame(metas)
         rows = rows[rows["clip_id"].astype(str).isin(self.members)]
-        super().__init__(rows, frame_interval, seed)
+        super().__init__(rows, frame_interval, seed, cache)
 
     def _source(self, row):
         name, offset, size = self.members[str(row["clip_id"])]
@@ -136,13 +143,13 @@ class ShardDataset(ClipDataset):
             return io.BytesIO(f.read(size)).getvalue(), 0
 
 
-def open_dataset(path, frame_interval: int = 1, seed: int = 0) -> ClipDataset:
+def open_dataset(path, frame_interval: int = 1, seed: int = 0, cache: bool = False) -> ClipDataset:
     """A shards folder (with *.tar) or a manifest file."""
     p = Path(path)
     if p.is_dir():
-        return ShardDataset(p, frame_interval, seed)
+        return ShardDataset(p, frame_interval, seed, cache)
     if p.is_file():
-        return ManifestDataset(p, frame_interval, seed)
+        return ManifestDataset(p, frame_interval, seed, cache)
     raise ValueError(f"{p}: neither a shards folder nor a manifest file")
 
 

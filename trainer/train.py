@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     text = TextEncoder(str(text_path), text_kind, cfg["text"]["max_length"]).to(device)
     vae_cfg = dict(cfg["vae"])
     vae = build_vae(vae_cfg.pop("kind"), **vae_cfg).to(device)
-    dataset = open_dataset(dc["path"], dc["frame_interval"], seed=tc["seed"])
+    dataset = open_dataset(dc["path"], dc["frame_interval"], seed=tc["seed"], cache=dc.get("cache", False))
     sampler = BucketSampler(dataset.shapes(), dc["buckets"], dc["batch_size"], rank, world, seed=tc["seed"])
     set_seed(tc["seed"])  # same init on every process
     model = build_model(cfg, vae.channels, text.channels)
