@@ -38,16 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-model", default=None, help="text LLM for the two-pass summary (default: same model)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow models that run their own code")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--detector", default=None, help="shot detector when INPUT is a folder (splitter default)")
+    p.add_argument("--min-sec", type=float, default=None, help="shortest clip when INPUT is a folder")
+    p.add_argument("--max-sec", type=float, default=None, help="longest clip when INPUT is a folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
-def load_input(src: Path, out_dir: Path) -> tuple:
+def load_input(src: Path, out_dir: Path, split_options: dict | None = None) -> tuple:
     """(manifest DataFrame, failures of the split step)."""
     if src.is_dir():
         from splitter import split_videos  # the splitter's public entry point
 
-        df, failures = split_videos(src, out_dir / "split")
+        options = {k: v for k, v in (split_options or {}).items() if v is not None}
+        df, failures = split_videos(src, out_dir / "split", **options)
         return df, list(failures)
     if not src.exists():
         raise ManifestError(f"{src}: no such file or folder")
@@ -87,7 +91,9 @@ def main(argv=None) -> int:
         spec = resolve_model(args.model, args.trust_remote_code)
         prompt = load_prompt(args.prompt)
         policy = FramePolicy(num_frames=args.num_frames, sample_fps=args.sample_fps, max_frames=args.max_frames)
-        df, split_failures = load_input(Path(args.input), out_dir)
+        split_options = dict(detector=args.detector, min_sec=args.min_sec, max_sec=args.max_sec,
+                             progress=not args.quiet)
+        df, split_failures = load_input(Path(args.input), out_dir, split_options)
     except (ModelError, PromptError, ManifestError, ValueError) as e:
         print(f"caption-videos: error: {e}", file=sys.stderr)
         return 2

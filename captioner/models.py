@@ -7,6 +7,7 @@ from a local folder's config.json, or guessed from the id.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,23 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
     if not _transformers_has(spec.family):
         raise ModelError(f"{spec.model_id} needs a newer transformers ({spec.family} is not in this install)")
     return spec
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
+    return env.strip().lower() in {"1", "true", "yes", "on"} or bool(constants.HF_HUB_OFFLINE)
+
+
+def ensure_available(spec: ModelSpec) -> None:
+    """Offline, a hub id must already be in the local cache: fail at once with the download command."""
+    if spec.is_local or not _offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(spec.model_id, "config.json"), str):
+        raise ModelError(missing_weights_message(spec.model_id))
 
 
 def missing_weights_message(model_id: str) -> str:

@@ -19,8 +19,9 @@ class TextLLM(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .models import ModelError, missing_weights_message
+        from .models import ModelError, ensure_available, missing_weights_message
 
+        ensure_available(self.spec)
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         try:

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ..models import ModelError, missing_weights_message
+from ..models import ModelError, ensure_available, missing_weights_message
 from .base import QWEN_VIDEO_MAX_PIXELS, Backend, GenerateOptions, Output, Request, qwen_frame_size
 
 
@@ -26,6 +26,7 @@ class TransformersBackend(Backend):
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        ensure_available(self.spec)
         kw = dict(trust_remote_code=self.trust_remote_code)
         try:
             self.processor = AutoProcessor.from_pretrained(self.spec.model_id, **kw)

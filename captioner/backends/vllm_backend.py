@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from ..models import ModelError, missing_weights_message
+from ..models import ModelError, ensure_available, missing_weights_message
 from .base import Backend, GenerateOptions, Output, Request, qwen_frame_size
 
 
@@ -22,6 +22,7 @@ class VLLMBackend(Backend):
 
     def load(self) -> "VLLMBackend":
         if self.llm is None:
+            ensure_available(self.spec)
             try:
                 from vllm import LLM
             except ImportError:

@@ -1,0 +1,178 @@
+"""`caption-videos` end to end through `from_pretrained` on tiny random models: synthetic and real clips,
+resume after a kill, bad inputs, other model families, two-pass mode, raw-folder input via the splitter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from captioner.cli import main
+from captioner.pipeline import stage_name
+from captioner.testing import build_tiny_model
+from index import Clip, file_sha256, probe, read_manifest, write_manifest
+from index.manifest import read_failed
+
+FAST = ["--num-frames", "4", "--max-new-tokens", "8", "--batch-size", "4", "--quiet"]
+
+
+def manifest_from_ranges(videos: dict[Path, list[tuple[int, int]]], dst: Path) -> pd.DataFrame:
+    """A clips manifest for given [start_frame, end_frame) ranges (what the splitter would write)."""
+    rows = []
+    for path, ranges in videos.items():
+        info, sha = probe(path), file_sha256(path)
+        for a, b in ranges:
+            rows.append(Clip.from_range(str(path), sha, a, b, a / info.fps, b / info.fps, info.fps,
+                                        info.width, info.height).to_dict())
+    df = pd.DataFrame(rows)
+    write_manifest(df, dst)
+    return df
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen25(tmp_path_factory):
+    return build_tiny_model("qwen2.5-vl", tmp_path_factory.mktemp("tiny_qwen25"))
+
+
+@pytest.fixture(scope="module")
+def synth_manifest(sample_videos, tmp_path_factory):
+    folder, truths = sample_videos
+    dst = tmp_path_factory.mktemp("manifest") / "clips.parquet"
+    df = manifest_from_ranges({folder / name: t.shots for name, t in truths.items()}, dst)
+    return dst, df
+
+
+def _run(manifest, out, model, *extra) -> int:
+    return main([str(manifest), "-o", str(out), "--model", str(model), *FAST, *extra])
+
+
+def test_captions_synthetic_clips_end_to_end(synth_manifest, tiny_qwen25, tmp_path):
+    manifest, src = synth_manifest
+    out = tmp_path / "out"
+    assert _run(manifest, out, tiny_qwen25) == 0
+    df = read_manifest(out / "clips.parquet")
+    assert sorted(df["clip_id"]) == sorted(src["clip_id"])
+    assert (df["caption_model"] == str(tiny_qwen25)).all() and (df["prompt_id"] == "detailed").all()
+    assert df["caption"].map(lambda c: isinstance(c, str)).all()
+    assert (df["caption_tokens"] > 0).all()
+    for row in df.itertuples():
+        assert len(row.frame_times) == 4
+        assert row.start_sec <= min(row.frame_times) and max(row.frame_times) < row.end_sec
+        # a random model rarely stops on its own: anything that fails a check is retried, then flagged
+        assert row.caption_flags == "" or row.caption_retries == 1
+    assert read_failed(out) == []
+    # the core columns are passed through untouched
+    pd.testing.assert_frame_equal(df.sort_values("clip_id")[list(src.columns)].reset_index(drop=True),
+                                  src.sort_values("clip_id").reset_index(drop=True), check_dtype=False)
+
+
+def test_rerun_and_kill_resume_lose_and_duplicate_nothing(synth_manifest, tiny_qwen25, tmp_path, capsys):
+    manifest, _ = synth_manifest
+    out = tmp_path / "out"
+    assert _run(manifest, out, tiny_qwen25) == 0
+    first = read_manifest(out / "clips.parquet")
+    parts = sorted((out / ".parts" / stage_name(str(tiny_qwen25), "detailed")).glob("*.parquet"))
+    assert len(parts) == 2  # one unit per source video
+    parts[0].unlink()  # as if killed before the second video's part was written
+    assert _run(manifest, out, tiny_qwen25) == 0
+    again = read_manifest(out / "clips.parquet")
+    assert again["clip_id"].is_unique and len(again) == len(first)
+    pd.testing.assert_frame_equal(again, first)
+    assert _run(manifest, out, tiny_qwen25) == 0  # nothing left to do
+    assert "already done" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(read_manifest(out / "clips.parquet"), first)
+    # other sampling options in the same folder would mix outputs: refused with a clear error
+    assert main([str(manifest), "-o", str(out), "--model", str(tiny_qwen25), "--quiet", "--num-frames", "6",
+                 "--max-new-tokens", "8"]) == 2
+    assert "other options" in capsys.readouterr().err
+
+
+def test_clips_already_captioned_with_same_model_and_prompt_are_skipped(synth_manifest, tiny_qwen25, tmp_path):
+    manifest, src = synth_manifest
+    df = src.copy()
+    df["caption"] = ["kept caption"] + [None] * (len(df) - 1)
+    df["caption_model"] = str(tiny_qwen25)
+    df["prompt_id"] = "detailed"
+    write_manifest(df, tmp_path / "partly.parquet")
+    assert _run(tmp_path / "partly.parquet", tmp_path / "out", tiny_qwen25) == 0
+    got = read_manifest(tmp_path / "out" / "clips.parquet").set_index("clip_id")
+    assert got.loc[src["clip_id"][0], "caption"] == "kept caption"
+    assert got["caption"].map(lambda c: isinstance(c, str)).all()
+
+
+def test_bad_video_goes_to_failed_jsonl(synth_manifest, tiny_qwen25, tmp_path):
+    _, src = synth_manifest
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"")
+    bad = src.iloc[:1].copy()
+    bad["video_path"], bad["video_sha256"] = str(broken), "0" * 64
+    write_manifest(pd.concat([src, bad], ignore_index=True), tmp_path / "with_bad.parquet")
+    assert _run(tmp_path / "with_bad.parquet", tmp_path / "out", tiny_qwen25) == 0
+    failed = read_failed(tmp_path / "out")
+    assert [f["path"] for f in failed] == [str(broken)] and "zero-byte" in failed[0]["reason"]
+    assert len(read_manifest(tmp_path / "out" / "clips.parquet")) == len(src)
+
+
+def test_usage_errors_are_one_line(synth_manifest, tmp_path, capsys, monkeypatch):
+    manifest, _ = synth_manifest
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main([str(manifest), "-o", str(tmp_path), "--model", "cogvlm"]) == 2
+    assert "--trust-remote-code" in capsys.readouterr().err
+    assert main([str(tmp_path / "nope.parquet"), "-o", str(tmp_path), "--model", "qwen-vl"]) == 2
+    assert "no such" in capsys.readouterr().err
+    assert main([str(manifest), "-o", str(tmp_path), "--model", "qwen-vl", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Qwen/Qwen2.5-VL-7B-Instruct" in err and "hf download" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_llava_onevision_with_fixed_fps_sampling(synth_manifest, tmp_path):
+    manifest, src = synth_manifest
+    model = build_tiny_model("llava-onevision", tmp_path / "llava")
+    out = tmp_path / "out"
+    assert main([str(manifest), "-o", str(out), "--model", str(model), "--sample-fps", "1", "--max-new-tokens",
+                 "8", "--prompt", "short", "--quiet"]) == 0
+    df = read_manifest(out / "clips.parquet")
+    assert len(df) == len(src) and (df["prompt_id"] == "short").all()
+    lengths = {len(t) for t in df["frame_times"]}
+    assert len(lengths) > 1  # clips of different durations got different frame counts
+
+
+@pytest.mark.slow
+def test_two_pass_mode(synth_manifest, tmp_path):
+    manifest, src = synth_manifest
+    model = build_tiny_model("qwen2-vl", tmp_path / "qwen2")
+    out = tmp_path / "out"
+    assert main([str(manifest), "-o", str(out), "--model", str(model), "--two-pass", "--num-frames", "2",
+                 "--max-new-tokens", "8", "--quiet"]) == 0
+    df = read_manifest(out / "clips.parquet")
+    assert len(df) == len(src) and df["caption"].map(lambda c: isinstance(c, str)).all()
+    config = json.loads(next((out / ".parts").glob("*/config.json")).read_text())
+    assert config["two_pass"].startswith("frame+summary")
+
+
+@pytest.mark.slow
+def test_real_clips(realdata, realcuts, tiny_qwen25, tmp_path):
+    videos = {}
+    for name in ("bikes.mp4", "cityCC0.mpg"):
+        fps = probe(realdata / name).fps
+        cuts = [0] + [round(t * fps) for t in realcuts[name]["hard"]] + [realcuts[name]["frames"]]
+        videos[realdata / name] = [(a, b) for a, b in zip(cuts, cuts[1:]) if b - a >= 8]
+    manifest_from_ranges(videos, tmp_path / "real.parquet")
+    out = tmp_path / "out"
+    assert _run(tmp_path / "real.parquet", out, tiny_qwen25, "--prompt", "dense_shot") == 0
+    df = read_manifest(out / "clips.parquet")
+    assert len(df) == sum(len(r) for r in videos.values()) == 8
+    assert df["caption"].map(lambda c: isinstance(c, str)).all() and read_failed(out) == []
+
+
+@pytest.mark.slow
+def test_raw_folder_is_split_first(sample_videos, tiny_qwen25, tmp_path):
+    folder, _ = sample_videos
+    out = tmp_path / "out"
+    assert main([str(folder), "-o", str(out), "--model", str(tiny_qwen25), *FAST]) == 0
+    split = read_manifest(out / "split" / "clips.parquet")
+    df = read_manifest(out / "clips.parquet")
+    assert len(df) == len(split) > 0 and set(df["clip_id"]) == set(split["clip_id"])
