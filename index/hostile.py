@@ -144,7 +144,7 @@ def non_square_pixels(path, sar: Fraction = Fraction(2, 1)) -> Path:
 def variable_frame_rate(path) -> Path:
     """First half at 25 fps, second half at 10 fps (frame durations 40 ms then 100 ms), cut at 2.5 s."""
     frames = _frames(seconds=5.0, cut_at=2.5)
-    n1 = 63  # frames shown at 25 fps: 0 .. 2.52 s (the cut is at frame 62.5 -> 63 at 25 fps)
+    n1 = 63  # frames shown at 25 fps (0 .. 2.48 s); the cut is at frame 62, inside this part
     frames = np.concatenate([frames[:n1], frames[n1::3]])
     t = [i * 40 for i in range(n1)] + [n1 * 40 + i * 100 for i in range(len(frames) - n1)]
     return _encode(path, frames, t, Fraction(1, 1000), container="matroska")

@@ -78,8 +78,10 @@ class ShotDetector:
             raise VideoError("no decodable video frames")
         times = np.asarray(pts, np.float64)
         fps = info.fps
-        if fps <= 0 and len(times) > 1:
-            fps = (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+        if len(times) > 1:  # the container's rate is nominal; a VFR file's true average comes from PTS
+            measured = (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+            if fps <= 0 or abs(measured - fps) > 0.005 * fps:
+                fps = round(measured, 6)
         decoded = Decoded(pts=times, fps=float(fps), width=info.width, height=info.height, codec=info.codec)
         return spans_to_shots(spans, decoded), decoded
 

@@ -20,6 +20,7 @@ belong to no shot.
 
 from __future__ import annotations
 
+import random
 from typing import Iterator
 
 import numpy as np
@@ -71,16 +72,17 @@ def load_model(device: str = "cpu", fused: bool = True) -> nn.Module:
 
     deterministic = torch.are_deterministic_algorithms_enabled()
     rng = torch.get_rng_state()
-    np_rng = np.random.get_state()
+    np_rng, py_rng = np.random.get_state(), random.getstate()
     try:
         model = TransNetV2(device="cpu")  # seeds RNGs and turns deterministic algorithms on: undone below
+        if fused:
+            for stack in model.SDDCNN:
+                stack.DDCNN = nn.ModuleList([_FusedDDCNN(b) for b in stack.DDCNN])
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_rng_state(rng)
         np.random.set_state(np_rng)
-    if fused:
-        for stack in model.SDDCNN:
-            stack.DDCNN = nn.ModuleList([_FusedDDCNN(b) for b in stack.DDCNN])
+        random.setstate(py_rng)
     model.eval().to(device)
     model.device = torch.device(device)
     return model
