@@ -131,7 +131,7 @@ class HFImageEmbedder(VisualEmbedder):
         self.num_frames = int(num_frames)
         self.batch_size = int(batch_size)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kw = {"trust_remote_code": trust_remote_code}
+        kw = {"trust_remote_code": trust_remote_code, "local_files_only": offline()}
         with _model_errors(self.model_id):
             self.processor = AutoImageProcessor.from_pretrained(self.model_id, **kw)
             self.model = AutoModel.from_pretrained(self.model_id, **kw).to(self.device).eval()
@@ -172,6 +172,10 @@ class HFImageEmbedder(VisualEmbedder):
         return {**super().describe(), "model": self.model_id}
 
 
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 class _model_errors:
     """Turn a missing model into one clear line naming the model and how to get it."""
 
@@ -186,7 +190,7 @@ class _model_errors:
             return False
         if Path(self.model_id).exists():
             raise ValueError(f"{self.model_id}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
-        hint = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        hint = " (HF_HUB_OFFLINE is set)" if offline() else ""
         raise ValueError(f"model {self.model_id!r} is not in the Hugging Face cache{hint}; download it with "
                          f"`huggingface-cli download {self.model_id}` or pass a local folder") from None
 
@@ -223,8 +227,9 @@ class TextEmbedder:
         self.model_id = str(model or default_text_model())
         self.batch_size = batch_size
         with _model_errors(self.model_id):
-            self.model = SentenceTransformer(self.model_id, device=device or "cpu")
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+            self.model = SentenceTransformer(self.model_id, device=device or "cpu", local_files_only=offline())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
 
     def embed(self, texts: list) -> np.ndarray:
         texts = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in texts]

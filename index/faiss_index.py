@@ -100,7 +100,7 @@ class VectorIndex:
         """All (query, row, similarity) with similarity >= threshold."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         lims, sims, rows = self.index.range_search(q, float(threshold))
-        qidx = np.repeat(np.arange(len(q)), np.diff(lims))
+        qidx = np.repeat(np.arange(len(q)), np.diff(lims.astype(np.int64)))
         return qidx, rows.astype(np.int64), sims
 
     # ------------------------------------------------------------ persistence
