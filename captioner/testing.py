@@ -71,7 +71,9 @@ def _build_qwen(kind: str, folder: str, hidden: int, layers: int):
     tok, ids = _tokenizer(QWEN_SPECIAL)
     pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
     text = _text_config(len(tok), ids, hidden, layers)
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}
+    half = hidden // 4 // 2  # rotary pairs per head (4 heads); M-RoPE splits them over (time, height, width)
+    mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
     vision = dict(depth=layers, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
