@@ -124,15 +124,13 @@ class ShardReport:
 
 
 def _select(df: pd.DataFrame, dedup: bool, index_dir, report: ShardReport) -> pd.DataFrame:
-    """Drop rows without caption (failures) and duplicates (dedup), in that order."""
+    """Drop rows without caption (failures), duplicates (dedup) and repeated clip ids, in that order."""
     caption = df["caption"] if "caption" in df else pd.Series([None] * len(df), index=df.index)
     no_caption = caption.isna() | (caption.astype(str).str.strip() == "")
     for _, r in df[no_caption].iterrows():
         report.failures.append(failure(r["video_path"], STAGE, f"clip {r['clip_id']}: no caption"))
     df = df[~no_caption]
-    if not dedup:
-        return df
-    if index_dir is not None:
+    if dedup and index_dir is not None:
         table = load_dedup(index_dir)
         df = df.drop(columns=[c for c in ("dup_group", "keep") if c in df]).merge(
             table[["clip_id", "video_path", "dup_group", "keep"]], on=["clip_id", "video_path"], how="left")
@@ -140,12 +138,12 @@ def _select(df: pd.DataFrame, dedup: bool, index_dir, report: ShardReport) -> pd
         if unknown.any():
             report.dropped["not in the index (run index-clips on this manifest)"] = int(unknown.sum())
         df = df[~unknown]
-    if "keep" in df:
+    if dedup and "keep" in df:
         dup = ~df["keep"].astype(bool)
         if dup.any():
             report.dropped["near or exact duplicate"] = int(dup.sum())
         df = df[~dup]
-    repeated = df["clip_id"].duplicated(keep="first")
+    repeated = df["clip_id"].duplicated(keep="first")  # one sample per key, even with --no-dedup
     if repeated.any():
         report.dropped["repeated clip_id (identical content)"] = int(repeated.sum())
     return df[~repeated]
