@@ -1,0 +1,173 @@
+"""The Ray engine against the local one: same units in, same manifest out (order aside), on synthetic and
+real clips; a unit that raises or whose actor dies becomes a failure record, the run goes on.
+
+One local Ray (`ray.init(num_cpus=2)`) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from index.engine import EngineError, EngineOptions, run_units
+from index.manifest import read_manifest
+
+pytestmark = pytest.mark.slow  # a Ray start, actors loading TransNetV2 and a tiny VLM
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    here = Path(__file__).resolve().parent  # workers import this module's functions by name
+    path = os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()
+
+
+def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Same columns, same rows and values, order aside."""
+    assert sorted(a.columns) == sorted(b.columns)
+    cols = sorted(a.columns)
+    a = a[cols].sort_values("clip_id").reset_index(drop=True)
+    b = b[cols].sort_values("clip_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+
+
+# ---------------------------------------------------------------- the engine itself
+
+def _doubler():
+    token = os.getpid()  # stands for a model: made once per worker
+
+    def work(x):
+        if x == 3:
+            raise ValueError("unit three is\nbroken")
+        return x * 2, token
+
+    return work
+
+
+def _collect(engine: str, units, **kw):
+    results, errors = {}, {}
+    n = run_units(units, _doubler, results.__setitem__, on_error=errors.__setitem__, engine=engine, **kw)
+    return n, results, errors
+
+
+def test_ray_and_local_give_the_same_results_and_build_each_worker_once(ray_session):
+    units = list(range(10))
+    n_local, local, local_err = _collect("local", units)
+    n_ray, remote, remote_err = _collect("ray", units, workers=2)
+    assert n_local == n_ray == 10
+    assert {k: v[0] for k, v in local.items()} == {k: v[0] for k, v in remote.items()}
+    assert sorted(remote) == [u for u in units if u != 3]
+    assert local_err == remote_err == {3: "ValueError: unit three is broken"}  # one line either way
+    assert len({v[1] for v in remote.values()}) <= 2  # two actors, each built its worker once
+    assert os.getpid() not in {v[1] for v in remote.values()}  # the work ran outside the driver
+
+
+def test_prepare_runs_as_separate_tasks_that_feed_the_workers(ray_session):
+    def prepare(x):
+        return [x] * 3, os.getpid()
+
+    def make():
+        def work(item):
+            data, prep_pid = item
+            return sum(data), prep_pid, os.getpid()
+        return work
+
+    out = {}
+    run_units(range(6), make, out.__setitem__, prepare=prepare, engine="ray", workers=2)
+    assert {k: v[0] for k, v in out.items()} == {x: 3 * x for x in range(6)}
+    local = {}
+    run_units(range(6), make, local.__setitem__, prepare=prepare, engine="local")
+    assert {k: v[0] for k, v in local.items()} == {k: v[0] for k, v in out.items()}
+
+
+def test_a_dead_actor_fails_only_its_unit_and_is_replaced(ray_session):
+    def make():
+        def work(x):
+            if x == 2:
+                os._exit(1)  # a decoder segfault, the OOM killer
+            return x
+        return work
+
+    out, errors = {}, {}
+    run_units(range(6), make, out.__setitem__, on_error=errors.__setitem__, engine="ray", workers=2)
+    assert sorted(out) == [0, 1, 3, 4, 5]
+    assert list(errors) == [2] and "worker process died" in errors[2]
+
+
+def test_without_on_error_a_failed_unit_stops_the_run_with_a_clear_error(ray_session):
+    with pytest.raises(EngineError, match="unit three is broken"):
+        run_units([3], _doubler, lambda u, r: None, engine="ray")
+    with pytest.raises(ValueError, match="unknown engine 'spark'"):
+        EngineOptions(engine="spark")
+
+
+# ---------------------------------------------------------------- split-videos: local vs Ray
+
+def _split_both(raw: Path, tmp: Path, **kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from splitter.pipeline import split_videos
+
+    local, _ = split_videos(raw, tmp / "local", progress=False, **kw)
+    remote, _ = split_videos(raw, tmp / "ray", progress=False, engine=EngineOptions("ray", workers=2), **kw)
+    return local, remote
+
+
+def test_split_on_ray_equals_local_on_synthetic_videos(ray_session, sample_videos, tmp_path):
+    raw, truths = sample_videos
+    local, remote = _split_both(raw, tmp_path)
+    assert len(local) >= len(truths)
+    same_rows(local, remote)
+    same_rows(read_manifest(tmp_path / "ray" / "clips.parquet"), remote)
+
+
+def test_split_on_ray_equals_local_on_real_clips(ray_session, realdata, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("bikes.mp4", "cityCC0.mpg"):
+        shutil.copy(realdata / name, raw / name)
+    local, remote = _split_both(raw, tmp_path)
+    assert set(Path(p).name for p in local["video_path"]) == {"bikes.mp4", "cityCC0.mpg"}
+    same_rows(local, remote)
+    # resume: a Ray re-run over a finished folder changes nothing
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ray" / ".parts" / "split").glob("*.parquet")}
+    again, _ = _split_both(raw, tmp_path)
+    same_rows(again[1], remote)
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "ray" / ".parts" / "split").glob("*.parquet")}
+
+
+# ---------------------------------------------------------------- caption-videos: local vs Ray
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    from captioner.testing import build_tiny_model
+
+    return build_tiny_model("qwen2-vl", tmp_path_factory.mktemp("tiny_vlm"))
+
+
+def test_caption_on_ray_equals_local(ray_session, sample_videos, tiny_vlm, tmp_path):
+    from captioner.cli import main as caption_main
+
+    raw, _ = sample_videos
+    from splitter.pipeline import split_videos
+
+    split_videos(raw, tmp_path / "split", detector="content", progress=False)
+    manifest = tmp_path / "split" / "clips.parquet"
+    common = ["--model", str(tiny_vlm), "--num-frames", "4", "--max-new-tokens", "8", "--batch-size", "4",
+              "--quiet"]
+    assert caption_main([str(manifest), "-o", str(tmp_path / "local"), *common]) == 0
+    assert caption_main([str(manifest), "-o", str(tmp_path / "ray"), *common, "--engine", "ray",
+                         "--workers", "2"]) == 0
+    local = read_manifest(tmp_path / "local" / "clips.parquet")
+    remote = read_manifest(tmp_path / "ray" / "clips.parquet")
+    assert local["caption"].map(lambda c: isinstance(c, str) and bool(c)).all()
+    same_rows(local, remote)
+    parts = tmp_path / "ray" / ".parts"  # one part per source video, as locally
+    assert sorted(p.name for p in parts.rglob("*.parquet")) == sorted(
+        p.name for p in (tmp_path / "local" / ".parts").rglob("*.parquet"))
