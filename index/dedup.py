@@ -157,7 +157,7 @@ def nearest_neighbour_similarity(vectors: np.ndarray, sample: int = 2000, seed: 
         own = (rows >= a) & (rows < a + chunk)
         sims[np.nonzero(own)[0], rows[own] - a] = -np.inf  # a clip is not its own neighbour
         best = np.maximum(best, sims.max(axis=1))
-    return best
+    return np.clip(best, -1.0, 1.0)  # float rounding gives 1.0000002 for identical vectors
 
 
 def _keep_order(df: pd.DataFrame) -> pd.DataFrame:
