@@ -120,3 +120,17 @@ def test_duplicate_request_ids_are_refused(tiny_qwen):
     reqs[1].request_id = reqs[0].request_id
     with pytest.raises(ValueError, match="unique"):
         backend.generate(reqs, GenerateOptions(max_new_tokens=2))
+
+
+def test_frame_timestamps_reach_the_qwen25_processor(tmp_path):
+    """Qwen2.5-VL turns the sampled frame rate into `second_per_grid_ts` (its temporal position scale)."""
+    model = build_tiny_model("qwen2.5-vl", tmp_path / "q25")
+    backend = make_backend("transformers", resolve_model(model)).load()
+    frames = np.zeros((8, 56, 84, 3), np.uint8)
+    slow = Request("a", "x", frames, frame_indices=list(range(0, 40, 5)), fps=25.0, clip_frames=40)  # 5 fps
+    fast = Request("b", "x", frames, frame_indices=list(range(0, 80, 10)), fps=25.0, clip_frames=80)  # 2.5 fps
+    inputs = backend._inputs([slow, fast])
+    assert inputs["second_per_grid_ts"].tolist() == pytest.approx([2 / 5.0, 2 / 2.5])
+    w, h = backend.frame_size(1920, 1080)  # qwen-vl-utils rule: multiples of 28, at most max_pixels
+    assert (w, h) == (140, 84) and w % 28 == h % 28 == 0 and w * h <= 28 * 28 * 16
+    assert backend.frame_count(5) == 6  # whole temporal patches of 2 frames
