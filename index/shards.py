@@ -15,7 +15,6 @@ inputs give byte-identical shards. `opensora-csv` keeps the clip files and write
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -91,22 +90,26 @@ def row_json(row: dict) -> bytes:
     return json.dumps({k: _json_value(v) for k, v in row.items()}, ensure_ascii=False, sort_keys=True).encode()
 
 
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _tar_member(f, name: str, data: bytes) -> None:
+    """One ustar member written straight to the file: no times, owners or modes that vary between runs."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
     info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+    f.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+    f.write(data)
+    f.write(b"\0" * (-len(data) % tarfile.BLOCKSIZE))
 
 
 def write_shard(path, samples: list[tuple[str, dict, Path]]) -> int:
     """Write one tar (temp name, fsync, rename): (key, manifest row, staged mp4) per sample. Returns bytes."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, row, mp4 in samples:
-                _tar_add(tar, f"{key}.mp4", Path(mp4).read_bytes())
-                _tar_add(tar, f"{key}.json", row_json(row))
+    with open(tmp, "wb", buffering=1 << 20) as f:
+        for key, row, mp4 in samples:
+            _tar_member(f, f"{key}.mp4", Path(mp4).read_bytes())
+            _tar_member(f, f"{key}.json", row_json(row))
+        f.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end of archive, padded to a whole record like tarfile
+        f.write(b"\0" * (-f.tell() % tarfile.RECORDSIZE))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

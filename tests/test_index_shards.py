@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import tarfile
@@ -15,9 +14,8 @@ import pytest
 import webdataset as wds
 import yaml
 
-from index.card import write_card
 from index.cli import shards_main
-from index.manifest import read_failed, read_manifest, write_manifest
+from index.manifest import read_failed, read_manifest
 from index.shards import bucket_of, build_shards, parse_size, safe_key
 from index.video import read_frames
 from test_index_data import make_dataset, manifest_rows

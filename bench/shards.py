@@ -1,0 +1,110 @@
+"""Shard write throughput against a plain copy of the same bytes (target: ratio >= 0.5).
+
+Clips are cut once from a synthetic video (real H.264 mp4 bytes), repeated under distinct keys up to
+--mb megabytes, and then, alternately and --repeat times each:
+  shards  index.shards.write_shard: the tar members (mp4 + json), temp file, fsync, rename, split at
+          --shard-size like build-shards does
+  copy    the same files read and appended to one output file with one fsync (the baseline)
+Both read the staged files from the page cache; the best run of each is reported.
+The end-to-end build (cut + shard) rate is printed for information.
+
+    python bench/shards.py            # 512 MB
+    python bench/shards.py --mb 64    # quicker try
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from index import synth
+from index.record import Clip, file_sha256
+from index.shards import parse_size, plan_shards, write_shard
+from index.video import cut_clips, probe
+
+
+def make_clips(folder: Path, mb: int) -> tuple[list[tuple[str, dict, Path]], float]:
+    """Staged clips (key, manifest row, path) adding up to `mb` MB, and the cut rate (clips/s)."""
+    src = folder / "source.mp4"
+    synth.make_video(src, [synth.ShotSpec(48, seed=s, motion="fast") for s in range(8)], size=(640, 360))
+    info, sha = probe(src), file_sha256(src)
+    ranges = [(k * 48, (k + 1) * 48) for k in range(8)]
+    t0 = time.perf_counter()
+    paths = cut_clips(src, ranges, [folder / f"base{k}.mp4" for k in range(8)])
+    cut_rate = len(ranges) / (time.perf_counter() - t0)
+    samples, total, n = [], 0, 0
+    while total < mb * 1e6:
+        k = n % len(paths)
+        a, b = ranges[k]
+        row = Clip.from_range(str(src), sha, a + n, b + n, a / 25, b / 25, info.fps, info.width, info.height).to_dict()
+        row["caption"] = f"a fast moving shape over a textured background, copy {n}"
+        dst = folder / f"{row['clip_id']}.mp4"
+        shutil.copy(paths[k], dst)
+        samples.append((row["clip_id"], row, dst))
+        total += dst.stat().st_size
+        n += 1
+    return samples, cut_rate
+
+
+def run_shards(samples, out: Path, shard_size: int) -> float:
+    df = pd.DataFrame({"key": [k for k, _, _ in samples], "bucket": "360p_16x9_f033-064"})
+    sizes = {k: p.stat().st_size for k, _, p in samples}
+    plan = plan_shards(df, sizes, shard_size)
+    by_key = {k: (k, row, p) for k, row, p in samples}
+    t0 = time.perf_counter()
+    for shard, rows in plan.groupby("shard", sort=True):
+        write_shard(out / shard, [by_key[k] for k in rows["key"]])
+    return time.perf_counter() - t0
+
+
+def run_copy(samples, out: Path) -> float:
+    t0 = time.perf_counter()
+    with open(out / "copy.bin", "wb") as f:
+        for _, _, p in samples:
+            f.write(p.read_bytes())
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=512)
+    ap.add_argument("--shard-size", default="100MB")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        tmp = Path(tmp)
+        (tmp / "staged").mkdir()
+        samples, cut_rate = make_clips(tmp / "staged", args.mb)
+        total = sum(p.stat().st_size for _, _, p in samples)
+        best_s, best_c = float("inf"), float("inf")
+        for _ in range(args.repeat):
+            for name in ("s", "c"):
+                out = tmp / name
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                if name == "s":
+                    best_s = min(best_s, run_shards(samples, out, parse_size(args.shard_size)))
+                else:
+                    best_c = min(best_c, run_copy(samples, out))
+        shard_bytes = sum(p.stat().st_size for p in (tmp / "s").glob("*.tar"))
+    mbps_s, mbps_c = total / best_s / 1e6, total / best_c / 1e6
+    print(f"{len(samples)} clips, {total / 1e6:.0f} MB of mp4 ({shard_bytes / 1e6:.0f} MB of shards, "
+          f"shard size {args.shard_size}), best of {args.repeat}")
+    print(f"shards: {best_s:.2f} s  {mbps_s:.0f} MB/s")
+    print(f"plain copy: {best_c:.2f} s  {mbps_c:.0f} MB/s")
+    print(f"ratio shards / copy: {mbps_s / mbps_c:.2f}  (target >= 0.5: {'met' if mbps_s / mbps_c >= 0.5 else 'NOT met'})")
+    print(f"for information: cutting 640x360 clips with one decode: {cut_rate:.1f} clips/s (48 frames each)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
