@@ -250,7 +250,7 @@ class STDiT(ModelMixin, ConfigMixin):
         t = self.t_embedder(timestep)  # (B, D)
         t_mod = self.t_block(t)  # (B, 6D)
         drop = force_drop
-        if drop is None and self.training and self.config.class_dropout_prob > 0:
+        if drop is None and self.training:  # always in the graph while training (DDP needs every parameter)
             drop = torch.rand(B, device=x.device) < self.config.class_dropout_prob  # (B,)
         y = self.y_embedder(y, drop)  # (B, L, D)
         if mask is not None:

@@ -84,7 +84,8 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, model, ema, cfg: dict
     accelerator.save_state(str(tmp))  # every process writes its RNG state
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(tmp / "model")
-        ema_model = STDiT.from_config(accelerator.unwrap_model(model).config)
+        with torch.random.fork_rng():  # building a model draws random init: keep the training stream intact
+            ema_model = STDiT.from_config(accelerator.unwrap_model(model).config)
         ema.copy_to(ema_model.parameters())  # the fp32 EMA weights, loadable by `sample` alone
         ema_model.save_pretrained(tmp / "ema")
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -126,8 +127,10 @@ def main(argv=None) -> int:
     if not dc.get("path"):
         raise SystemExit("error: no training data: pass --data SHARDS_DIR_OR_MANIFEST")
     out_dir = Path(tc["output_dir"])
+    # several processes without GPUs (torchrun on CPU): Accelerate needs cpu=True to pick gloo
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=tc["mixed_precision"], gradient_accumulation_steps=oc["grad_accum"],
-                              log_with="tensorboard", project_dir=str(out_dir))
+                              log_with="tensorboard", project_dir=str(out_dir), cpu=multi_cpu)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
 
     # encoders (frozen), data, model
