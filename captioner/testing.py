@@ -13,7 +13,7 @@ import string
 
 import torch
 
-KINDS = ("qwen2-vl", "qwen2.5-vl", "llava-onevision")
+KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "llava-onevision")
 
 # Words the tokenizer learns whole, so a random model writes (random) words rather than byte soup.
 CORPUS_WORDS = ("a the video shows shot camera pans slowly quickly left right up down red green blue yellow "
@@ -66,7 +66,7 @@ def _text_config(vocab: int, ids: dict, hidden: int, layers: int) -> dict:
 
 
 def _build_qwen(kind: str, folder: str, hidden: int, layers: int):
-    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2VLImageProcessor
 
     tok, ids = _tokenizer(QWEN_SPECIAL)
     pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
@@ -81,15 +81,27 @@ def _build_qwen(kind: str, folder: str, hidden: int, layers: int):
         from transformers import Qwen2VLConfig as Config
         from transformers import Qwen2VLForConditionalGeneration as Model
         from transformers import Qwen2VLProcessor as Processor
+        from transformers import Qwen2VLVideoProcessor as VideoProcessor
         vision.update(embed_dim=hidden, hidden_size=hidden, mlp_ratio=2)
-    else:
+    elif kind == "qwen2.5-vl":
         from transformers import Qwen2_5_VLConfig as Config
         from transformers import Qwen2_5_VLForConditionalGeneration as Model
         from transformers import Qwen2_5_VLProcessor as Processor
+        from transformers import Qwen2VLVideoProcessor as VideoProcessor
         vision.update(hidden_size=hidden, out_hidden_size=hidden, intermediate_size=2 * hidden,
                       fullatt_block_indexes=[layers - 1], window_size=56)
+    else:  # qwen3-vl: 16-pixel patches, timestamps written into the prompt, deepstack features
+        from transformers import Qwen3VLConfig as Config
+        from transformers import Qwen3VLForConditionalGeneration as Model
+        from transformers import Qwen3VLProcessor as Processor
+        from transformers import Qwen3VLVideoProcessor as VideoProcessor
+        text.update(head_dim=hidden // 4)
+        text["rope_parameters"]["mrope_interleaved"] = True
+        vision.update(patch_size=16, hidden_size=hidden, intermediate_size=2 * hidden, out_hidden_size=hidden,
+                      num_position_embeddings=64, deepstack_visual_indexes=[layers - 1])
+        pixels = dict(size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 16}, patch_size=16)
     processor = Processor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tok,
-                          video_processor=Qwen2VLVideoProcessor(**pixels, cap_pixels_per_frame=True),
+                          video_processor=VideoProcessor(**pixels, cap_pixels_per_frame=True),
                           chat_template=QWEN_TEMPLATE)
     return processor, Model(Config(text_config=text, vision_config=vision, **tokens)), ids
 

@@ -134,3 +134,21 @@ def test_frame_timestamps_reach_the_qwen25_processor(tmp_path):
     w, h = backend.frame_size(1920, 1080)  # qwen-vl-utils rule: multiples of 28, at most max_pixels
     assert (w, h) == (140, 84) and w % 28 == h % 28 == 0 and w * h <= 28 * 28 * 16
     assert backend.frame_count(5) == 6  # whole temporal patches of 2 frames
+
+
+def test_qwen3_vl_gets_frame_timestamps_in_its_prompt(tmp_path):
+    """Qwen3-VL writes each temporal patch's time into the prompt: our frame indices and fps must get there."""
+    model = build_tiny_model("qwen3-vl", tmp_path / "q3")
+    spec = resolve_model(model)
+    assert spec.family == "qwen3-vl"
+    backend = make_backend("transformers", spec, batch_size=2).load()
+    assert backend.frame_size(640, 360)[0] % 32 == 0  # 16-pixel patches merged 2 x 2
+    frames = np.zeros((4, 64, 96, 3), np.uint8)
+    reqs = [Request("a", "x", frames, frame_indices=[0, 5, 10, 15], fps=25.0, clip_frames=20),
+            Request("b", "x", frames[:2], frame_indices=[0, 25], fps=25.0, clip_frames=50)]
+    ids = backend._inputs(reqs)["input_ids"]
+    first, second = (backend.processor.tokenizer.decode(row) for row in ids)
+    assert "<0.1 seconds>" in first and "<0.5 seconds>" in first  # mean time of each pair of frames
+    assert "<0.5 seconds>" in second and "<0.1 seconds>" not in second
+    out = backend.generate(reqs, GenerateOptions(max_new_tokens=4))
+    assert set(out) == {"a", "b"} and all(o.num_tokens > 0 for o in out.values())

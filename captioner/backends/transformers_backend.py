@@ -96,6 +96,7 @@ class TransformersBackend(Backend):
             kw["images"] = images
         if videos:
             kw["videos"] = videos
+            kw["do_sample_frames"] = False  # frames are already sampled (some processors would sample again)
             if self.spec.is_qwen:
                 kw["video_metadata"] = metas
         return self.processor(**kw)
