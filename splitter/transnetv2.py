@@ -9,7 +9,8 @@ per-frame probabilities are the published model's. What is faster than the recip
 - each dilated (2+1)D block runs as one 2-D 3x3 convolution for its four branches followed by four
   temporal convolutions as 2-D convolutions: the same arithmetic in fewer, better-vectorised calls
   (the probabilities agree with the reference module to ~1e-7, see tests/test_splitter_transnetv2.py);
-- `torch.inference_mode` and a chosen number of threads; windows are batched on a GPU.
+- `torch.inference_mode`; as many threads as there are idle cores (or `threads=`); windows are batched
+  on a GPU.
 
 Transitions: runs of frames where either head passes `threshold` (the single-frame head alone misses
 slow fades) are widened to the surrounding frames whose many-hot probability (the head that marks every
@@ -20,6 +21,7 @@ belong to no shot.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Iterator
 
@@ -119,8 +121,7 @@ class TransNetV2Detector(ShotDetector):
         self.hard_max_frames = int(hard_max_frames)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch = int(batch or (16 if self.device.startswith("cuda") else 1))
-        if threads:
-            torch.set_num_threads(int(threads))
+        self.threads = int(threads) if threads else None
         self.model = load_model(self.device, fused=fused)
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
@@ -138,6 +139,14 @@ class TransNetV2Detector(ShotDetector):
 
     def predict(self, frames: Iterator[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Per-frame single-frame and many-hot transition probabilities, both of shape (N,)."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads or free_cpus(before))
+        try:
+            return self._predict(frames)
+        finally:
+            torch.set_num_threads(before)
+
+    def _predict(self, frames: Iterator[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         singles, manys, pending, total = [], [], [], 0
         for window, n in _windows(frames):
             pending.append(window)
@@ -161,6 +170,21 @@ class TransNetV2Detector(ShotDetector):
         single, many = self.predict(frames)
         return probabilities_to_spans(single, many, self.threshold, self.many_hot_threshold,
                                       self.hard_max_frames)
+
+
+def free_cpus(limit: int) -> int:
+    """Threads worth using now: CPUs that other runnable tasks leave idle, 1 to `limit`.
+
+    On a shared machine more threads than idle cores make OpenMP threads wait on each other: one
+    TransNetV2 window took 3.5 s with 2 threads and 0.9 s with 1 on 2 cores at load 8. The count of
+    runnable tasks is read from /proc/loadavg (Linux; elsewhere `limit`), minus this thread itself.
+    """
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return limit
+    return max(1, min(limit, (os.cpu_count() or 1) - (running - 1)))
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

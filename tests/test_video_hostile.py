@@ -1,0 +1,72 @@
+"""index.video on the bad-input corpus: clear one-line errors, or frames as displayed with PTS times."""
+
+import numpy as np
+import pytest
+
+from index import hostile
+from index.video import VideoError, iter_frames, probe
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    return d, hostile.make_corpus(d)
+
+
+@pytest.mark.parametrize("name", [n for n, c in hostile.CASES.items() if c[1] == "fail" and c[3] != "too short"])
+def test_unusable_files_raise_one_line_reasons(corpus, name):
+    d, cases = corpus
+    with pytest.raises(VideoError) as e:
+        probe(d / name)
+        list(iter_frames(d / name))
+    assert cases[name].reason in str(e.value) and "\n" not in str(e.value)
+
+
+def test_first_pts_not_zero_counts_from_the_first_frame(corpus):
+    d, _ = corpus
+    info = probe(d / "first_pts_3s.mkv")
+    assert info.start_sec == pytest.approx(3.0)
+    times = [f.pts_sec for f in iter_frames(d / "first_pts_3s.mkv")]
+    assert times[0] == 0.0 and times[-1] == pytest.approx(124 / 25) and len(times) == 125
+
+
+def test_rotation_is_applied_as_displayed(corpus, tmp_path):
+    d, _ = corpus
+    info = probe(d / "rotated_90.mp4")
+    # phones write this matrix for 90 degrees clockwise; ffmpeg reports -90 (counter-clockwise)
+    assert info.rotation == 270 and (info.width, info.height) == (96, 160)
+    shown = next(iter_frames(d / "rotated_90.mp4")).image
+    hostile.good(tmp_path / "plain.mp4")  # the same pixels without the matrix
+    stored = next(iter_frames(tmp_path / "plain.mp4")).image
+    assert shown.shape == (160, 96, 3) and stored.shape == (96, 160, 3)
+    # clockwise: the stored top-left corner is shown at the top-right
+    np.testing.assert_array_equal(shown, np.rot90(stored, k=-1))
+    small = next(iter_frames(d / "rotated_90.mp4", size=(27, 48))).image
+    assert small.shape == (48, 27, 3)
+
+
+def test_non_square_pixels_give_the_display_size(corpus):
+    d, _ = corpus
+    info = probe(d / "anamorphic_2to1.mp4")
+    assert info.sar == 2.0 and (info.coded_width, info.coded_height) == (160, 96)
+    assert (info.width, info.height) == (320, 96)
+    assert next(iter_frames(d / "anamorphic_2to1.mp4")).image.shape == (96, 320, 3)
+
+
+def test_vfr_times_come_from_pts(corpus):
+    d, _ = corpus
+    times = np.array([f.pts_sec for f in iter_frames(d / "vfr.mkv")])
+    steps = np.round(np.diff(times), 3)
+    assert set(steps[:60]) == {0.04} and set(steps[-10:]) == {0.1}
+
+
+def test_truncated_with_index_in_front_decodes_what_is_there(corpus):
+    d, _ = corpus
+    n = sum(1 for _ in iter_frames(d / "truncated_faststart.mp4"))
+    assert 0 < n < 125
+
+
+def test_odd_names_open(corpus):
+    d, _ = corpus
+    for name in ("name with spaces.mp4", "vidéo_日本語_ü.mp4", "a;b $(x).mp4"):
+        assert probe(d / name).num_frames == 125
