@@ -111,6 +111,8 @@ class Captioner:
 
     def caption_unit(self, video_path: str, rows: list[dict]) -> pd.DataFrame:
         todo = [r for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)]
+        empty = {r["clip_id"] for r in todo if int(r["end_frame"]) <= int(r["start_frame"])}
+        todo = [r for r in todo if r["clip_id"] not in empty]
         t0 = time.perf_counter()
         frames = load_clip_frames(video_path, todo, self.policy, self.backend.frame_size, self.backend.frame_count)
         self.backend.stats["decode_s"] += time.perf_counter() - t0
@@ -121,6 +123,9 @@ class Captioner:
             if row["clip_id"] in captions:
                 row.update(captions[row["clip_id"]], caption_model=self.model_id, prompt_id=self.prompt.prompt_id,
                            frame_times=frame_times(row, frames[row["clip_id"]][1]))
+            elif row["clip_id"] in empty:  # nothing to show the model: recorded, never captioned
+                row.update(caption=None, caption_model=self.model_id, prompt_id=self.prompt.prompt_id,
+                           caption_tokens=0, caption_flags="no_frames", caption_retries=0, frame_times=[])
             out.append(row)
         return pd.DataFrame(out)
 
@@ -149,6 +154,10 @@ class Captioner:
             if progress is not None:
                 progress(len(rows))
         merged, failures = store.merge()
+        if len(merged):  # parts of videos no longer in the input stay on disk but not in this manifest
+            merged = merged[merged["clip_id"].isin(set(df["clip_id"]))].reset_index(drop=True)
+        paths = set(df["video_path"].astype(str))
+        failures = [f for f in failures if f["path"] in paths]
         if "caption_flags" in merged.columns:
             summary.flagged = int((merged["caption_flags"].fillna("") != "").sum())
         summary.output_tokens = int(self.backend.stats["output_tokens"] - tokens_before)

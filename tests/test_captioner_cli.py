@@ -176,3 +176,21 @@ def test_raw_folder_is_split_first(sample_videos, tiny_qwen25, tmp_path):
     split = read_manifest(out / "split" / "clips.parquet")
     df = read_manifest(out / "clips.parquet")
     assert len(df) == len(split) > 0 and set(df["clip_id"]) == set(split["clip_id"])
+
+
+def test_subset_rerun_and_empty_clip(synth_manifest, tiny_qwen25, tmp_path):
+    manifest, src = synth_manifest
+    out = tmp_path / "out"
+    assert _run(manifest, out, tiny_qwen25) == 0
+    one_video = src[src["video_path"] == src["video_path"].iloc[0]].copy()
+    empty = one_video.iloc[:1].copy()
+    empty["end_frame"] = empty["start_frame"]
+    empty["num_frames"], empty["clip_id"] = 0, "0" * 20
+    write_manifest(one_video, tmp_path / "one.parquet")
+    assert _run(tmp_path / "one.parquet", out, tiny_qwen25) == 0  # the same folder, a smaller input
+    assert sorted(read_manifest(out / "clips.parquet")["clip_id"]) == sorted(one_video["clip_id"])
+    write_manifest(pd.concat([one_video, empty], ignore_index=True), tmp_path / "empty.parquet")
+    assert _run(tmp_path / "empty.parquet", tmp_path / "out2", tiny_qwen25) == 0
+    got = read_manifest(tmp_path / "out2" / "clips.parquet").set_index("clip_id")
+    assert got.loc["0" * 20, "caption_flags"] == "no_frames" and pd.isna(got.loc["0" * 20, "caption"])
+    assert got.drop(index="0" * 20)["caption"].map(lambda c: isinstance(c, str)).all()
