@@ -65,7 +65,7 @@ def bucket_of(width: int, height: int, num_frames: int) -> str:
 def safe_key(clip_id) -> str:
     """A WebDataset key: ASCII letters, digits, '_' and '-' only (no dots: they split members)."""
     text = str(clip_id)
-    if re.fullmatch(r"[A-Za-z0-9_-]{1,100}", text):
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,80}", text):
         return text
     import hashlib
     clean = re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:60].strip("_") or "clip"
@@ -90,12 +90,26 @@ def row_json(row: dict) -> bytes:
     return json.dumps({k: _json_value(v) for k, v in row.items()}, ensure_ascii=False, sort_keys=True).encode()
 
 
+def _ustar_header(name: str, size: int) -> bytes:
+    """A POSIX ustar header with fixed mode/owner/time, so equal inputs give equal bytes (and it is fast)."""
+    h = bytearray(tarfile.BLOCKSIZE)
+    raw = name.encode("ascii")
+    if len(raw) > 100:
+        raise ValueError(f"tar member name too long: {name}")
+    h[0:len(raw)] = raw
+    h[100:108] = b"0000644\0"  # mode
+    h[108:116] = h[116:124] = b"0000000\0"  # uid, gid
+    h[124:136] = b"%011o\0" % size
+    h[136:148] = b"00000000000\0"  # mtime
+    h[148:156] = b" " * 8  # checksum placeholder
+    h[156:157] = tarfile.REGTYPE
+    h[257:265] = b"ustar\x0000"
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
 def _tar_member(f, name: str, data: bytes) -> None:
-    """One ustar member written straight to the file: no times, owners or modes that vary between runs."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-    info.uname = info.gname = ""
-    f.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+    f.write(_ustar_header(name, len(data)))
     f.write(data)
     f.write(b"\0" * (-len(data) % tarfile.BLOCKSIZE))
 

@@ -172,3 +172,13 @@ def test_malformed_manifest_is_a_usage_error(tmp_path, capsys):
     assert shards_main([str(missing_cols), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "cannot read manifest" in err and "missing columns" in err
+
+
+def test_tar_headers_are_the_standard_ustar_bytes():
+    from index.shards import _ustar_header
+
+    info = tarfile.TarInfo("0123abcd.json")
+    info.size, info.mtime, info.mode, info.uname, info.gname = 1234, 0, 0o644, "", ""
+    assert _ustar_header("0123abcd.json", 1234) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+    with pytest.raises(ValueError):
+        _ustar_header("x" * 101, 1)
