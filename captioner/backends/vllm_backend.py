@@ -1,6 +1,7 @@
-"""vLLM backend (optional extra `shotcap[vllm]`, imported lazily): offline engine, video `multi_modal_data`,
-continuous batching. Every request is submitted under its clip's id and every finished output is matched
-back by `output.request_id`, never by position."""
+"""vLLM backend (optional extra `shotcap[vllm]`, imported lazily): offline `vllm.LLM`, video `multi_modal_data`,
+continuous batching. `LLM.generate` numbers requests itself, so the backend feeds the same engine that
+`LLM.generate` drives (`llm.llm_engine.add_request(clip_id, ...)`, then `step()` until done): every request
+carries its clip's id and every finished output is matched back by `output.request_id`, never by position."""
 
 from __future__ import annotations
 
