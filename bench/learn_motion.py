@@ -5,7 +5,7 @@ Synthetic clips of a coloured square moving left/right/up/down are captioned "a 
 then every caption is sampled with several seeds and a tracker measures the square's colour and direction
 in each sample. Target: >= 90% of samples move in the captioned direction with the captioned colour.
 
-    python bench/learn_motion.py [--steps 1200] [--out runs/learn_motion] [--plot runs/learn_motion/loss.png]
+    python bench/learn_motion.py [--steps 1500] [--out runs/learn_motion] [--plot runs/learn_motion/loss.png]
 """
 
 from __future__ import annotations
@@ -52,11 +52,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/learn_motion", help="run folder (data, checkpoints, samples)")
     p.add_argument("--plot", help="loss curve PNG (default OUT/loss.png)")
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--clips", type=int, default=128)
     p.add_argument("--seeds", type=int, default=4, help="samples per caption")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg-scale", type=float, default=4.0)
+    p.add_argument("--shift", type=float, default=3.0, help="rectified-flow timestep shift (more high-noise steps)")
     args = p.parse_args(argv)
 
     import torch
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
                   "class_dropout_prob": 0.1},
         "vae": {"kind": "pixels"},
         "text": {"kind": "tiny", "path": None, "max_length": 8},
-        "diffusion": {"name": "rflow", "shift": 1.0},
+        "diffusion": {"name": "rflow", "shift": args.shift},
         "data": {"buckets": [[FRAMES, SIZE, SIZE]], "frame_interval": 1, "batch_size": 16, "num_workers": 0,
                  "cache": True},
         "optim": {"lr": 1e-3, "warmup_steps": 50, "grad_clip": 1.0, "weight_decay": 0.0},
