@@ -10,7 +10,10 @@ per-frame probabilities are the published model's. What is faster than the recip
   temporal convolutions as 2-D convolutions: the same arithmetic in fewer, better-vectorised calls
   (the probabilities agree with the reference module to ~1e-7, see tests/test_splitter_transnetv2.py);
 - `torch.inference_mode`; as many threads as there are idle cores (or `threads=`); windows are batched
-  on a GPU.
+  on a GPU;
+- on CPUs with native bfloat16 (AVX512-BF16, AMX) the convolutions run under bfloat16 autocast
+  (`precision="auto"`): twice as fast; probabilities move by ~1e-3 and the boundaries of the benchmark
+  and the tests are the same as in float32 (`precision="fp32"` gives the published numbers).
 
 Transitions: runs of frames where either head passes `threshold` (the single-frame head alone misses
 slow fades) are widened to the surrounding frames whose many-hot probability (the head that marks every
@@ -115,13 +118,18 @@ class TransNetV2Detector(ShotDetector):
 
     def __init__(self, threshold: float = 0.5, many_hot_threshold: float = 0.2, hard_max_frames: int = 3,
                  device: str | None = None, threads: int | None = None, batch: int | None = None,
-                 fused: bool = True):
+                 fused: bool = True, precision: str = "auto"):
         self.threshold = float(threshold)
         self.many_hot_threshold = float(many_hot_threshold)
         self.hard_max_frames = int(hard_max_frames)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch = int(batch or (16 if self.device.startswith("cuda") else 1))
         self.threads = int(threads) if threads else None
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+        if precision == "auto":
+            precision = "bf16" if self.device == "cpu" and _native_bf16() else "fp32"
+        self.precision = precision
         self.model = load_model(self.device, fused=fused)
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
@@ -132,7 +140,8 @@ class TransNetV2Detector(ShotDetector):
     @torch.inference_mode()
     def _run(self, batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(np.stack(batch)).to(self.model.device)  # (B, 100, 27, 48, 3) uint8
-        one, extra = self.model(x)
+        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            one, extra = self.model(x)
         single = torch.sigmoid(one[:, PAD:PAD + STEP, 0]).float().cpu().numpy()  # (B, 50)
         many = torch.sigmoid(extra["many_hot"][:, PAD:PAD + STEP, 0]).float().cpu().numpy()
         return single.reshape(-1), many.reshape(-1)
@@ -170,6 +179,13 @@ class TransNetV2Detector(ShotDetector):
         single, many = self.predict(frames)
         return probabilities_to_spans(single, many, self.threshold, self.many_hot_threshold,
                                       self.hard_max_frames)
+
+
+def _native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def free_cpus(limit: int) -> int:

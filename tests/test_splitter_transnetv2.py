@@ -24,10 +24,20 @@ def test_fused_blocks_give_the_reference_probabilities(layout_video):
     frames = np.stack([f.image for f in iter_frames(path, size=(48, 27))])
     ref = load_model(fused=False)
     ref_single, ref_many = ref.predict_frames(torch.from_numpy(frames), quiet=True)  # the package's recipe
-    single, many = make_detector("transnetv2").predict(iter(frames))
+    single, many = make_detector("transnetv2", precision="fp32").predict(iter(frames))
     assert single.shape == (len(frames),) and many.shape == (len(frames),)
     np.testing.assert_allclose(single, ref_single.numpy(), atol=1e-5)
     np.testing.assert_allclose(many, ref_many.numpy(), atol=1e-5)
+
+
+def test_bfloat16_keeps_the_transitions(layout_video):
+    path, _ = layout_video
+    frames = np.stack([f.image for f in iter_frames(path, size=(48, 27))])
+    exact = make_detector("transnetv2", precision="fp32")
+    fast = make_detector("transnetv2", precision="bf16")
+    (s32, m32), (s16, m16) = exact.predict(iter(frames)), fast.predict(iter(frames))
+    assert np.abs(s32 - s16).max() < 0.02 and np.abs(m32 - m16).max() < 0.05
+    assert exact.transitions(iter(frames), 25.0) == fast.transitions(iter(frames), 25.0)
 
 
 def test_loading_leaves_global_torch_state_alone():
