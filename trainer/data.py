@@ -61,6 +61,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.rows = rows.reset_index(drop=True)
         self.frame_interval, self.seed, self.epoch = int(frame_interval), int(seed), 0
         self.cache = {} if cache else None  # decoded frames kept in memory (small datasets, benchmarks)
+        self.deterministic = False  # True: the centred frame window instead of a random one
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -77,7 +78,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, item):
         i, (T, H, W) = item if isinstance(item, tuple) else (item, (8, 64, 64))
         row = self.rows.iloc[int(i)]
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        rng = None if self.deterministic else np.random.default_rng([self.seed, self.epoch, int(i)])
         idx = frame_indices(int(row["num_frames"]), T, self.frame_interval, rng)
         size = resize_size(int(row["width"]), int(row["height"]), W, H)
         key = (int(i), tuple(idx), size)
@@ -143,9 +144,13 @@ class ShardDataset(ClipDataset):
             return io.BytesIO(f.read(size)).getvalue(), 0
 
 
-def open_dataset(path, frame_interval: int = 1, seed: int = 0, cache: bool = False) -> ClipDataset:
-    """A shards folder (with *.tar) or a manifest file."""
+def open_dataset(path, frame_interval: int = 1, seed: int = 0, cache: bool = False):
+    """A shards folder (with *.tar), a manifest file, or a pre-extracted features file (trainer.extract)."""
     p = Path(path)
+    if p.suffix == ".safetensors" and p.is_file():
+        from trainer.extract import FeatureDataset
+
+        return FeatureDataset(p)
     if p.is_dir():
         return ShardDataset(p, frame_interval, seed, cache)
     if p.is_file():
@@ -208,5 +213,8 @@ class BucketSampler(torch.utils.data.Sampler):
 
 
 def collate(samples: list[dict]) -> dict:
+    if "latents" in samples[0]:  # pre-extracted features
+        return {k: torch.stack([s[k] for s in samples]) for k in ("latents", "y", "mask")} | {
+            "caption": [s["caption"] for s in samples], "clip_id": [s["clip_id"] for s in samples]}
     return {"video": torch.stack([s["video"] for s in samples]), "caption": [s["caption"] for s in samples],
             "clip_id": [s["clip_id"] for s in samples]}

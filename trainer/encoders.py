@@ -10,6 +10,8 @@ import torch
 
 
 def _missing(model_id: str, err: Exception) -> RuntimeError:
+    if str(model_id).startswith((".", "/", "~")) or "\\" in str(model_id):
+        return RuntimeError(f"cannot load model from folder {model_id!r} ({type(err).__name__}: {str(err)[:120]})")
     return RuntimeError(f"cannot load model {model_id!r} ({type(err).__name__}); download it first with "
                         f"`hf download {model_id}` or pass a local folder")
 
@@ -119,33 +121,3 @@ class TextEncoder(torch.nn.Module):
                              return_tensors="pt").to(self.device)
         out = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
         return out.float(), tok.attention_mask.bool()  # (B, L, C), (B, L)
-
-
-#################################################################################
-#                          Optional feature pre-extraction                      #
-#################################################################################
-
-@torch.no_grad()
-def extract_features(dataset, vae: VideoVAE, text: TextEncoder, out_path: str, batch_size: int = 4) -> int:
-    """Encode every sample of `dataset` once (latents + text tokens) into one safetensors file.
-
-    `trainer.data.FeatureDataset(out_path)` then serves them, so training never re-encodes.
-    """
-    from safetensors.torch import save_file
-
-    latents, feats, masks = [], [], []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=lambda b: b)
-    for batch in loader:
-        video = torch.stack([s["video"] for s in batch])
-        latents.append(vae.encode(video).cpu())
-        y, m = text([s["caption"] for s in batch])
-        feats.append(y.cpu())
-        masks.append(m.cpu().to(torch.uint8))
-    tensors = {"latents": torch.cat(latents).contiguous(), "y": torch.cat(feats).contiguous(),
-               "mask": torch.cat(masks).contiguous()}
-    tmp = out_path + ".tmp"
-    save_file(tensors, tmp)
-    import os
-
-    os.replace(tmp, out_path)
-    return len(tensors["latents"])

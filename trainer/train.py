@@ -188,8 +188,11 @@ def main(argv=None) -> int:
                                              num_workers=dc["num_workers"], generator=loader_gen)
         for batch in loader:
             with accelerator.accumulate(model):
-                x0 = vae.encode(batch["video"].to(device))  # (B, C, T, H, W)
-                y, mask = encode_text(batch["caption"])  # (B, L, C_text), (B, L)
+                if "latents" in batch:  # pre-extracted features (trainer.extract)
+                    x0, y, mask = batch["latents"].to(device), batch["y"].to(device), batch["mask"].to(device)
+                else:
+                    x0 = vae.encode(batch["video"].to(device))  # (B, C, T, H, W)
+                    y, mask = encode_text(batch["caption"])  # (B, L, C_text), (B, L)
                 loss = diffusion.loss(model, x0, y, mask)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and oc["grad_clip"]:
