@@ -1,8 +1,8 @@
 """Captioning throughput with a tiny random model on CPU: the caption-videos path against a naive loop
 (one seek + decode per clip at full resolution, batch size 1) in the same run.
 
-    python bench/captioner.py [--videos 3] [--seconds 24] [--kind qwen2.5-vl] [--batch-size 8]
-                              [--num-frames 8] [--max-new-tokens 32] [--hidden 64]
+    python bench/captioner.py [--videos 3] [--seconds 24] [--kind qwen2.5-vl] [--batch-size 16]
+                              [--num-frames 8] [--max-new-tokens 32] [--hidden 64] [--repeats 2]
 
 Both sides caption the same clips with the same model, prompt, frame indices and token budget (greedy, one
 pass, no retries; a random model rarely stops early, so both generate about the full budget). Reported:
@@ -111,10 +111,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seconds", type=float, default=24.0)
     ap.add_argument("--kind", default="qwen2.5-vl")
     ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--num-frames", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--prompt", default="detailed")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the best is reported")
     args = ap.parse_args(argv)
 
     import torch
@@ -126,21 +127,28 @@ def main(argv=None) -> None:
         spec, prompt = resolve_model(str(model)), load_prompt(args.prompt)
         policy = FramePolicy(num_frames=args.num_frames)
         rows = df.to_dict("records")
+        paths = {"naive loop (seek per clip, batch 1)": 1, "caption-videos path": args.batch_size}
+        backends = {}
+        for name, bs in paths.items():
+            backends[name] = make_backend("transformers", spec, batch_size=bs, device="cpu").load()
+            backends[name].generate([Request("warmup", "warm up", np.zeros((2, 56, 56, 3), np.uint8), fps=25.0,
+                                             clip_frames=2)], GenerateOptions(2))
         results = {}
-        for name, bs in (("naive loop (seek per clip, batch 1)", 1), ("caption-videos path", args.batch_size)):
-            backend = make_backend("transformers", spec, batch_size=bs, device="cpu").load()
-            backend.generate([Request("warmup", "warm up", np.zeros((2, 56, 56, 3), np.uint8), fps=25.0,
-                                      clip_frames=2)], GenerateOptions(2))
-            backend.stats.clear()
-            t0 = time.perf_counter()
-            r = (run_naive(backend, rows, prompt, policy, args.max_new_tokens) if bs == 1 else
-                 run_fast(backend, df, prompt, policy, args.max_new_tokens))
-            r["wall_s"] = time.perf_counter() - t0
-            results[name] = r
+        for _ in range(args.repeats):  # alternate the two paths; keep each one's best run (shared machines)
+            for name, bs in paths.items():
+                backend = backends[name]
+                backend.stats.clear()
+                t0 = time.perf_counter()
+                r = (run_naive(backend, rows, prompt, policy, args.max_new_tokens) if bs == 1 else
+                     run_fast(backend, df, prompt, policy, args.max_new_tokens))
+                r["wall_s"] = time.perf_counter() - t0
+                if name not in results or r["wall_s"] < results[name]["wall_s"]:
+                    results[name] = r
 
     print(f"\n{len(df)} clips from {args.videos} synthetic 320x180 videos of {args.seconds:.0f} s; tiny random "
           f"{args.kind} (hidden {args.hidden}, 2 layers), CPU, {torch.get_num_threads()} threads, "
-          f"{args.num_frames} frames/clip, {args.max_new_tokens} new tokens, greedy; "
+          f"{args.num_frames} frames/clip, {args.max_new_tokens} new tokens, greedy, batch {args.batch_size}, "
+          f"best of {args.repeats}; "
           f"load average {os.getloadavg()[0]:.2f}\n")
     print("| path | clips/s | output tokens/s | decode s | preprocess s | generate s | wall s |")
     print("|---|---|---|---|---|---|---|")

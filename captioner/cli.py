@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     frames.add_argument("--sample-fps", type=float, default=None, help="sample frames at this rate instead")
     p.add_argument("--max-frames", type=int, default=32, help="cap on frames per clip with --sample-fps")
     p.add_argument("--max-pixels", type=int, default=None, help="pixels per frame cap (Qwen: 360*420)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16, help="clips per generate call (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--two-pass", action="store_true", help="describe frames one by one, then summarise them")
     p.add_argument("--summary-model", default=None, help="text LLM for the two-pass summary (default: same model)")
