@@ -88,7 +88,9 @@ def main(argv=None) -> None:
     ap.add_argument("--synthetic", type=int, default=6, help="number of synthetic videos")
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--realdata", default=str(ROOT / ".realdata"))
-    ap.add_argument("--detectors", nargs="*", default=list(DETECTORS))
+    ap.add_argument("--detectors", nargs="*", default=["transnetv2", "transnetv2:precision=fp32",
+                                                       *[d for d in DETECTORS if d != "transnetv2"]],
+                    help="names, optionally with options: transnetv2:precision=fp32,threads=1")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
@@ -110,9 +112,12 @@ def main(argv=None) -> None:
                 counts[k] = [a + b for a, b in zip(counts[k], v)]
         rows["PySceneDetect AdaptiveDetector (library defaults, baseline)"] = dict(time=base_time, load=0.0,
                                                                                   **counts)
-        for name in args.detectors:
+        for spec in args.detectors:
+            name, _, opts = spec.partition(":")
+            options = dict(kv.split("=", 1) for kv in opts.split(",") if kv)
+            options = {k: json.loads(v) if v[:1].isdigit() else v for k, v in options.items()}
             t = time.perf_counter()
-            det = make_detector(name)
+            det = make_detector(name, **options)
             load = time.perf_counter() - t
             det.detect(items[0][1])  # warm-up (first-call allocations), not timed
             total, counts = 0.0, {"synthetic": [0, 0, 0], "real": [0, 0, 0], "all": [0, 0, 0]}
@@ -123,7 +128,10 @@ def main(argv=None) -> None:
                 v = match(truth, predicted_boundaries(shots))
                 for k in (kind, "all"):
                     counts[k] = [a + b for a, b in zip(counts[k], v)]
-            rows[f"shotcap `{name}`"] = dict(time=total, load=load, **counts)
+            label = f"shotcap `{name}`" + (f" ({opts})" if opts else "")
+            if name == "transnetv2":
+                label += f" [{det.precision}]"
+            rows[label] = dict(time=total, load=load, **counts)
     load1 = os.getloadavg()
     n_syn = sum(1 for k, *_ in items if k == "synthetic")
     n_real = len(items) - n_syn
