@@ -108,8 +108,7 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
     df = read_manifest(manifest_path)
     index_dir.mkdir(parents=True, exist_ok=True)
     batch, batches = _batch(index_dir, manifest_path)
-    visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code) \
-        if image_model else make_visual_embedder(None, num_frames=num_frames)
+    visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code)
     text = TextEmbedder(text_model)
     embed_manifest(df, index_dir, visual, text, batch, progress)
     rows, failures = PartStore(index_dir, STAGE).merge(sort_by=("x_batch", "video_path", "start_frame", "clip_id"))

@@ -202,7 +202,8 @@ VISUAL_EMBEDDERS: dict[str, type[VisualEmbedder]] = {
 
 
 def make_visual_embedder(image_model: str | None = None, num_frames: int = 8, **kw) -> VisualEmbedder:
-    """`None`/"signature": the frame signature; anything else: a transformers model id or local folder."""
+    """`None`/"signature": the frame signature; anything else: a transformers model id or local folder
+    (`kw` goes to HFImageEmbedder: device, batch_size, trust_remote_code)."""
     if image_model in (None, "", "signature"):
         return SignatureEmbedder(num_frames=num_frames)
     return HFImageEmbedder(image_model, num_frames=num_frames, **kw)

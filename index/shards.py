@@ -148,7 +148,8 @@ def _select(df: pd.DataFrame, dedup: bool, index_dir, report: ShardReport) -> pd
         report.failures.append(failure(r["video_path"], STAGE, f"clip {r['clip_id']}: no caption"))
     df = df[~no_caption]
     if dedup and index_dir is not None:
-        table = load_dedup(index_dir)
+        table = load_dedup(index_dir)  # a clip indexed twice (two manifests) counts as kept if kept once
+        table = table.sort_values("keep", ascending=False, kind="stable").drop_duplicates(["clip_id", "video_path"])
         df = df.drop(columns=[c for c in ("dup_group", "keep") if c in df]).merge(
             table[["clip_id", "video_path", "dup_group", "keep"]], on=["clip_id", "video_path"], how="left")
         unknown = df["keep"].isna()
