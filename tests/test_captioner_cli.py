@@ -125,6 +125,11 @@ def test_usage_errors_are_one_line(synth_manifest, tmp_path, capsys, monkeypatch
     assert main([str(manifest), "-o", str(tmp_path), "--model", "qwen-vl", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "Qwen/Qwen2.5-VL-7B-Instruct" in err and "hf download" in err and len(err.strip().splitlines()) == 1
+    from trainer.testing import make_tiny_t5  # a real model folder, but not a video-language model
+
+    t5 = make_tiny_t5(str(tmp_path / "t5"))
+    assert main([str(manifest), "-o", str(tmp_path / "o"), "--model", t5, "--quiet"]) == 2
+    assert "cannot run this model" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -31,6 +31,9 @@ class TransformersBackend(Backend):
         try:
             self.processor = AutoProcessor.from_pretrained(self.spec.model_id, **kw)
             self.model = AutoModelForImageTextToText.from_pretrained(self.spec.model_id, dtype=dtype, **kw)
+        except ValueError as e:  # e.g. a checkpoint whose architecture has no image-text-to-text class
+            raise ModelError(f"{self.spec.model_id}: the transformers backend cannot run this model "
+                             f"({' '.join(str(e).split())[:160]})") from None
         except OSError as e:
             if self.spec.is_local:
                 raise ModelError(f"{self.spec.model_id}: cannot load model ({' '.join(str(e).split())[:200]})")
