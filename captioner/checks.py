@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 BOILERPLATE = re.compile(
-    r"^\s*(?:(?:sure|certainly|okay|of course)[,.!]?\s*(?:here(?:'s| is) (?:a|the) (?:detailed )?(?:description|caption)"
-    r"(?: of the video)?[:.]?\s*)?)?"
+    r"^\s*(?:(?:sure|certainly|okay|of course)[,.!]?\s*"
+    r"(?:here(?:'s| is) (?:a|the) (?:detailed )?(?:description|caption)(?: of the video)?[:.]?\s*)?)?"
     r"(?:(?:the|this) (?:video|clip|footage|scene|shot)(?: clip)? (?:shows|depicts|features|captures|presents|"
     r"displays|begins with|opens with)|in (?:the|this) (?:video|clip|footage|scene|shot),?)\s*",
     re.IGNORECASE)
