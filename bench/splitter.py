@@ -101,17 +101,8 @@ def main(argv=None) -> None:
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         items = dataset(args, Path(tmp))
-        rows = {}
-        base_time, counts = 0.0, {"synthetic": [0, 0, 0], "real": [0, 0, 0], "all": [0, 0, 0]}
+        runners = {"PySceneDetect AdaptiveDetector (library defaults, baseline)": (baseline, 0.0)}
         baseline(items[0][1])  # warm the library imports
-        for kind, path, truth in items:
-            t = time.perf_counter()
-            pred = baseline(path)
-            base_time += time.perf_counter() - t
-            for k, v in zip((kind, "all"), (match(truth, pred),) * 2):
-                counts[k] = [a + b for a, b in zip(counts[k], v)]
-        rows["PySceneDetect AdaptiveDetector (library defaults, baseline)"] = dict(time=base_time, load=0.0,
-                                                                                  **counts)
         for spec in args.detectors:
             name, _, opts = spec.partition(":")
             options = dict(kv.split("=", 1) for kv in opts.split(",") if kv)
@@ -120,18 +111,21 @@ def main(argv=None) -> None:
             det = make_detector(name, **options)
             load = time.perf_counter() - t
             det.detect(items[0][1])  # warm-up (first-call allocations), not timed
-            total, counts = 0.0, {"synthetic": [0, 0, 0], "real": [0, 0, 0], "all": [0, 0, 0]}
-            for kind, path, truth in items:
-                t = time.perf_counter()
-                shots, _ = det.detect(path)
-                total += time.perf_counter() - t
-                v = match(truth, predicted_boundaries(shots))
-                for k in (kind, "all"):
-                    counts[k] = [a + b for a, b in zip(counts[k], v)]
             label = f"shotcap `{name}`" + (f" ({opts})" if opts else "")
             if name == "transnetv2":
                 label += f" [{det.precision}]"
-            rows[label] = dict(time=total, load=load, **counts)
+            runners[label] = (lambda path, det=det: predicted_boundaries(det.detect(path)[0]), load)
+        rows = {label: dict(time=0.0, load=load, synthetic=[0, 0, 0], real=[0, 0, 0], all=[0, 0, 0])
+                for label, (_, load) in runners.items()}
+        # file by file, every detector in turn: a change of machine load hits all rows alike
+        for kind, path, truth in items:
+            for label, (run, _) in runners.items():
+                t = time.perf_counter()
+                pred = run(path)
+                rows[label]["time"] += time.perf_counter() - t
+                v = match(truth, pred)
+                for k in (kind, "all"):
+                    rows[label][k] = [a + b for a, b in zip(rows[label][k], v)]
     load1 = os.getloadavg()
     n_syn = sum(1 for k, *_ in items if k == "synthetic")
     n_real = len(items) - n_syn

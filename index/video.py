@@ -17,6 +17,7 @@ from typing import Iterable, Iterator, Sequence
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 Source = "str | os.PathLike | bytes | io.IOBase"
 
@@ -165,6 +166,7 @@ def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = Non
         tb = stream.time_base or Fraction(1, 1)
         cc = stream.codec_context
         index, first_pts, last_pts, errors = 0, None, None, 0
+        reformatter = VideoReformatter()  # one scaler for the whole pass (frame.reformat makes one per frame)
         packets = c.demux(stream)
         while True:
             try:
@@ -199,7 +201,7 @@ def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = Non
                 if last_pts is not None and pts_sec <= last_pts:
                     pts_sec = last_pts + 1e-6  # keep times strictly increasing on broken PTS
                 last_pts = pts_sec
-                img = frame.reformat(width=pre_w, height=pre_h, format="rgb24").to_ndarray()
+                img = reformatter.reformat(frame, width=pre_w, height=pre_h, format="rgb24").to_ndarray()
                 if rot:
                     img = np.ascontiguousarray(np.rot90(img, k=rot // 90))
                 yield Frame(index, round(pts_sec, 6), img)

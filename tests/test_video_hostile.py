@@ -70,3 +70,16 @@ def test_odd_names_open(corpus):
     d, _ = corpus
     for name in ("name with spaces.mp4", "vidéo_日本語_ü.mp4", "a;b $(x).mp4"):
         assert probe(d / name).num_frames == 125
+
+
+@pytest.mark.parametrize("name", ["anamorphic_2to1.mp4", "vfr.mkv", "name with spaces.mp4"])
+@pytest.mark.parametrize("size", [None, (48, 27)])
+def test_one_scaler_per_pass_gives_the_pixels_of_per_frame_reformat(corpus, name, size):
+    import av
+
+    d, _ = corpus
+    ours = [f.image for f in iter_frames(d / name, size=size)]
+    h, w = ours[0].shape[:2]
+    with av.open(str(d / name)) as c:
+        theirs = [f.reformat(width=w, height=h, format="rgb24").to_ndarray() for f in c.decode(video=0)]
+    assert len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
