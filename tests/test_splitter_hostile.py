@@ -19,6 +19,7 @@ def run(tmp_path_factory):
     return raw, cases, out, code
 
 
+@pytest.mark.slow  # the fixture splits the whole corpus with TransNetV2
 def test_exit_code_is_zero_when_every_failure_is_recorded(run):
     assert run[3] == 0
 

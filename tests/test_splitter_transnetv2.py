@@ -19,6 +19,7 @@ def layout_video(tmp_path_factory):
     return path, truth
 
 
+@pytest.mark.slow
 def test_fused_blocks_give_the_reference_probabilities(layout_video):
     path, _ = layout_video
     frames = np.stack([f.image for f in iter_frames(path, size=(48, 27))])
@@ -30,6 +31,7 @@ def test_fused_blocks_give_the_reference_probabilities(layout_video):
     np.testing.assert_allclose(many, ref_many.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_keeps_the_transitions(layout_video):
     path, _ = layout_video
     frames = np.stack([f.image for f in iter_frames(path, size=(48, 27))])
