@@ -63,6 +63,16 @@ def test_shots_match_the_ground_truth(layout_video):
     assert shots[0].start_sec == 0.0 and abs(shots[-1].end_sec - truth.num_frames / truth.fps) < 1e-6
 
 
+def test_longer_windows_keep_the_transitions(layout_video):
+    path, _ = layout_video
+    frames = np.stack([f.image for f in iter_frames(path, size=(48, 27))])
+    recipe, long = make_detector("transnetv2"), make_detector("transnetv2", step=200)
+    s50, _ = recipe.predict(iter(frames))
+    s200, _ = long.predict(iter(frames))
+    assert s200.shape == s50.shape and np.abs(s200 - s50).max() < 0.1
+    assert recipe.transitions(iter(frames), 25.0) == long.transitions(iter(frames), 25.0)
+
+
 def test_spans_from_probabilities():
     single = np.zeros(40, np.float32)
     many = np.zeros(40, np.float32)
