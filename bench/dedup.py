@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import time
 
-import numpy as np
+# FAISS's OpenMP threads spin while waiting; on a machine shared with other jobs that stalls k-means
+# several-fold. Passive waiting (set before faiss loads) is the sane setting there; override it if you like.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from index.dedup import near_duplicate_pairs
+import numpy as np  # noqa: E402
+
+from index.dedup import near_duplicate_pairs  # noqa: E402
 
 CLUSTERS = 4000
 
@@ -136,6 +141,8 @@ def main(argv=None):
     # a found pair with both rows outside... cannot be checked by the sample; all pairs' true sims are checked
     precision_all = 1 - ours["bad"] / max(1, ours["all"])
     t_bf_full = t_bf * args.n / args.sample
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at the end")
     print(f"data: {args.n} x {args.dim} float32 ({args.n * args.dim * 4 / 2**30:.2f} GiB), threshold "
           f"{args.threshold}, sample {args.sample} rows")
     print(f"partitioned join: {ours['all']} pairs, params {ours['params']}")
