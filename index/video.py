@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -152,8 +152,9 @@ def probe(src) -> VideoInfo:
 
 
 def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = None,
-                threads: bool = True) -> Iterator[Frame]:
+                threads: bool = True, want: Collection[int] | None = None) -> Iterator[Frame]:
     """Decode frames in order, as displayed. `size=(w, h)` resizes inside the decoder (swscale).
+    With `want`, only those frame indices are converted to RGB and yielded (the rest are decoded only).
 
     Corrupt packets in the middle of a file are skipped (the frames around them still come out);
     a file whose first packets cannot be decoded raises VideoError.
@@ -201,6 +202,11 @@ def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = Non
                 if last_pts is not None and pts_sec <= last_pts:
                     pts_sec = last_pts + 1e-6  # keep times strictly increasing on broken PTS
                 last_pts = pts_sec
+                if want is not None and index not in want:
+                    index += 1
+                    if stop is not None and index >= stop:
+                        return
+                    continue
                 img = reformatter.reformat(frame, width=pre_w, height=pre_h, format="rgb24").to_ndarray()
                 if rot:
                     img = np.ascontiguousarray(np.rot90(img, k=rot // 90))
@@ -221,12 +227,12 @@ def read_many(src, requests: dict, size: tuple[int, int] | None = None) -> dict:
     last = max(wanted)
     out: dict = {k: [None] * len(v) for k, v in requests.items()}
     seen = 0
-    for fr in iter_frames(src, size=size, stop=last + 1):
+    for fr in iter_frames(src, size=size, stop=last + 1, want=wanted):
         seen = fr.index + 1
         for key, pos in wanted.get(fr.index, ()):
             out[key][pos] = fr.image
     if seen <= last:
-        raise VideoError(f"frame {last} requested but the video decodes to {seen} frames")
+        raise VideoError(f"frame {last} requested but the video ends before it")
     return {k: np.stack(v) if v else np.zeros((0, 0, 0, 3), np.uint8) for k, v in out.items()}
 
 

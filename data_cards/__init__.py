@@ -1,0 +1,1 @@
+"""The data card template that build-shards fills in."""

@@ -1,0 +1,1 @@
+"""Versioned caption prompts: each `<prompt_id>.txt` here is one released prompt (never edited)."""
