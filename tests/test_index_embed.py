@@ -19,7 +19,6 @@ def _shots(realdata, name):
     return list(zip(bounds[:-1], bounds[1:])), fps
 
 
-@pytest.mark.slow
 def test_signature_groups_reencodes_and_trims_and_separates_shots(realdata, tmp_path):
     emb = SignatureEmbedder()
     clips, labels = [], []
