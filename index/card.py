@@ -161,5 +161,8 @@ def write_card(out_dir, manifest: pd.DataFrame, report, index_dir=None, name: st
                         "`index.parquet` lists every sample with its shard and manifest row."),
         "similarity_plot": similarity, "dedup_text": dedup_text,
     }
-    text = Template(Path(template or TEMPLATE).read_text(encoding="utf-8")).safe_substitute(fields)
+    template = Path(template or TEMPLATE)
+    if not template.exists():
+        raise FileNotFoundError(f"data card template {template} not found (pass --card-template)")
+    text = Template(template.read_text(encoding="utf-8")).safe_substitute(fields)
     return atomic_write_text(out_dir / "DATA_CARD.md", text)

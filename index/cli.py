@@ -262,6 +262,7 @@ def shards_main(argv=None) -> int:
     ap.add_argument("--shard-size", default="1GB")
     ap.add_argument("--format", choices=["webdataset", "opensora-csv"], default="webdataset")
     ap.add_argument("--name", default=None, help="dataset name for the data card")
+    ap.add_argument("--card-template", default=None, help="data card template (default: data_cards/TEMPLATE.md)")
     args = ap.parse_args(argv)
     from rich.console import Console
     from rich.progress import Progress
@@ -273,7 +274,7 @@ def shards_main(argv=None) -> int:
             task = bar.add_task("cutting clips", total=len(df))
             rep = build_shards(df, args.out, args.index, not args.no_dedup, size, args.format,
                                progress=lambda n: bar.advance(task, n))
-        write_card(args.out, df, rep, index_dir=args.index, name=args.name)
+        write_card(args.out, df, rep, index_dir=args.index, name=args.name, template=args.card_template)
     except (ManifestError, ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         return 2

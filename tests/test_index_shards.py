@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tarfile
@@ -182,3 +183,27 @@ def test_tar_headers_are_the_standard_ustar_bytes():
     assert _ustar_header("0123abcd.json", 1234) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
     with pytest.raises(ValueError):
         _ustar_header("x" * 101, 1)
+
+
+def test_real_footage_clips_start_on_their_first_frame(realdata, tmp_path):
+    cuts = json.loads((realdata / "cuts.json").read_text())
+    rows = []
+    for name in ("bikes.mp4", "cityCC0.mpg"):
+        fps = 25.0
+        bounds = [0] + [round(t * fps) for t in cuts[name]["hard"]] + [cuts[name]["frames"]]
+        shots = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= 10]
+        rows += manifest_rows(realdata / name, shots, [f"{name} shot {k}" for k in range(len(shots))])
+    df = pd.DataFrame(rows)
+    rep = build_shards(df, tmp_path / "s", dedup=False, shard_size=parse_size("1GB"))
+    assert rep.samples == len(df) and not rep.failures
+    sources = {name: read_frames(realdata / name, range(cuts[name]["frames"]), size=(160, 90))
+               for name in ("bikes.mp4", "cityCC0.mpg")}
+    for s in wds.WebDataset(sorted(glob.glob(str(tmp_path / "s" / "*.tar"))), shardshuffle=False).decode():
+        meta = s["json"]
+        frames = read_frames(s["mp4"], range(meta["num_frames"]), size=(160, 90))
+        src = sources[Path(meta["video_path"]).name]
+        a = meta["start_frame"]
+        assert len(frames) == meta["num_frames"] == meta["end_frame"] - a
+        err = {d: np.abs(frames[[0, -1]].astype(int) - src[[a + d, a + d + meta["num_frames"] - 1]].astype(int)).mean()
+               for d in (-1, 0, 1) if 0 <= a + d and a + d + meta["num_frames"] <= len(src)}
+        assert min(err, key=err.get) == 0  # first and last frames are the shot's, not a neighbour's
