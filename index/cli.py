@@ -239,11 +239,12 @@ def search_main(argv=None) -> int:
     except (FileNotFoundError, KeyError, ValueError, ManifestError) as e:
         console.print(f"[red]error:[/] {str(e).strip(chr(39))}")
         return 2
-    table = Table("score", "clip_id", "video", "time", "caption")
+    table = Table("score", "video", "time", "caption")
+    table.add_column("clip_id", no_wrap=True, min_width=20)  # whole, to paste into --like
     for r in hits.itertuples():
         cap = str(getattr(r, "caption", "") or "")
-        table.add_row(f"{r.score:.3f}", r.clip_id, Path(str(r.video_path)).name,
-                      f"{r.start_sec:.2f}-{r.end_sec:.2f}s", cap[:80] + ("..." if len(cap) > 80 else ""))
+        table.add_row(f"{r.score:.3f}", Path(str(r.video_path)).name, f"{r.start_sec:.2f}-{r.end_sec:.2f}s",
+                      cap[:80] + ("..." if len(cap) > 80 else ""), r.clip_id)
     console.print(table)
     return 0
 
