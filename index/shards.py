@@ -9,8 +9,11 @@ Layout of SHARDS_DIR (the trainer reads it):
 
 Two steps, both resumable: clips are cut per source video (one decode each) into `.staging/` (each file
 complete or absent), then shards are written in a fixed order (bucket, clip_id) from the staged files, each
-to a temp name and renamed, so a shard is complete or absent. Tar headers carry no times or owners: the same
-inputs give byte-identical shards. `opensora-csv` keeps the clip files and writes Open-Sora's CSV instead.
+to a temp name and renamed, so a shard is complete or absent. Tar headers carry no times or owners, so the
+same inputs give the same shards, members, order and json bytes. (The mp4 bytes themselves can differ by a
+few bytes between runs while `index.video.cut_clips` decodes threaded and libx264 encodes threaded in one
+process; the decoded frames and frame counts do not change.) `opensora-csv` keeps the clip files and writes
+Open-Sora's CSV instead.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def _digests(folder) -> dict:
     """Shard -> its members in order: the json bytes, and for each mp4 its decoded frame count.
 
     (mp4 bytes are left out: libx264 output can differ by a few bytes between runs while the decoder
-    runs threaded in the same process; see the index/video.py note in the shards docs.)"""
+    runs threaded in the same process; see the index/shards.py docstring.)"""
     out = {}
     for p in sorted(Path(folder).glob("*.tar")):
         with tarfile.open(p) as tar:
