@@ -70,6 +70,8 @@ def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, 
             frames = read_many(path, requests, size=size)
         except VideoError as e:
             store.fail(key, path, f"{len(rows)} clips: {e}")
+            if progress:
+                progress(len(rows))
             continue
         clips = [frames[c] for c in rows["clip_id"]]
         captions = rows["caption"].tolist() if "caption" in rows else [None] * len(rows)

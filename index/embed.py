@@ -160,8 +160,9 @@ class HFImageEmbedder(VisualEmbedder):
             for i in range(0, len(frames), self.batch_size):
                 batch = self.processor(images=frames[i:i + self.batch_size], return_tensors="pt")
                 out = self.model.get_image_features(pixel_values=batch["pixel_values"].to(self.device))
-                if not torch.is_tensor(out):  # newer transformers may return a model output
-                    out = getattr(out, "image_embeds", None) or out.pooler_output
+                if not torch.is_tensor(out):  # some versions return a model output
+                    embeds = getattr(out, "image_embeds", None)
+                    out = embeds if embeds is not None else out.pooler_output
                 feats.append(out.float().cpu().numpy())
         per_frame = l2_normalize(np.concatenate(feats))
         self.dim = per_frame.shape[1]
