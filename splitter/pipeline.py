@@ -8,6 +8,7 @@ the detector once. Bad input becomes a failure record; it never stops the run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -66,6 +67,13 @@ def _init_worker(detector: str, options: dict, threads: int) -> None:
     make_detector(detector, **options)
 
 
+def make_unit_worker(detector: str, options: dict, policy: ClipPolicy, clips_dir: str | None):
+    """For `index.engine.run_units`: loads the detector once, returns `task -> (status, payload)`."""
+    make_detector(detector, **options)
+    return functools.partial(process_video, detector=detector, options=options, policy=policy,
+                             clips_dir=clips_dir)
+
+
 def process_video(task: Task, detector: str, options: dict, policy: ClipPolicy,
                   clips_dir: str | None) -> tuple[str, object]:
     """('ok', list of row dicts) or ('fail', one-line reason)."""
@@ -98,11 +106,13 @@ def process_video(task: Task, detector: str, options: dict, policy: ClipPolicy,
 def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: int = 1,
                  min_sec: float = 2.0, max_sec: float = 20.0, trim_frames: int = 1, cut: bool = False,
                  detector_options: dict | None = None, progress: bool = True,
-                 summary: dict | None = None) -> tuple[pd.DataFrame, list[dict]]:
+                 summary: dict | None = None, engine=None) -> tuple[pd.DataFrame, list[dict]]:
     """Split every video under raw_dir; returns the merged manifest and the failure records.
 
     Re-running on the same folders finishes missing videos only. `summary`, when given, is filled with
-    counts (videos, processed, skipped, clips, hours, failures) for a caller's report.
+    counts (videos, processed, skipped, clips, hours, failures) for a caller's report. `engine`: an
+    `index.engine.EngineOptions`; with `engine="ray"` the videos go to Ray actors (parts are still
+    written here, so resume rules and the manifest are the local ones).
     """
     raw = Path(raw_dir)
     if not raw.is_dir():
@@ -138,14 +148,22 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
             store.write(task.key, pd.DataFrame(payload))
         else:
             store.fail(task.key, task.path, payload)
+        advance(task.rel)
 
+    if engine is not None:
+        workers = max(workers, engine.workers)
+    args = (detector, options, policy, clips_dir)
     with _progress(progress, len(todo)) as advance:
-        if workers <= 1 or len(todo) <= 1:
+        if engine is not None and engine.engine != "local":
+            from index.engine import run_units
+
+            run_units(todo, functools.partial(make_unit_worker, *args), lambda t, r: record(t, *r),
+                      on_error=lambda t, reason: record(t, "fail", reason), options=engine)
+        elif workers <= 1 or len(todo) <= 1:
             for task in todo:
-                record(task, *process_video(task, detector, options, policy, clips_dir))
-                advance(task.rel)
+                record(task, *process_video(task, *args))
         else:
-            _run_pool(todo, workers, detector, options, policy, clips_dir, record, advance)
+            _run_pool(todo, workers, args, record)
 
     df, failures = store.merge()
     if not len(df):
@@ -165,11 +183,11 @@ def _pool(workers: int, detector, options):
                                initializer=_init_worker, initargs=(detector, options, threads))
 
 
-def _run_pool(todo, workers, detector, options, policy, clips_dir, record, advance) -> None:
-    args = (detector, options, policy, clips_dir)
+def _run_pool(todo, workers, args, record) -> None:
+    """Spawned worker processes, each with its detector loaded once; parts are written here."""
     pending, suspects = list(reversed(todo)), []
     while pending:
-        with _pool(workers, detector, options) as pool:
+        with _pool(workers, args[0], args[1]) as pool:
             running = {}
             try:
                 while pending or running:
@@ -179,18 +197,15 @@ def _run_pool(todo, workers, detector, options, policy, clips_dir, record, advan
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         result = fut.result()
-                        task = running.pop(fut)
-                        record(task, *result)
-                        advance(task.rel)
+                        record(running.pop(fut), *result)
             except BrokenProcessPool:  # a worker died (decoder crash, OOM killer): find which file did it
                 suspects += running.values()
     for task in suspects:  # each alone, so one crashing file cannot take others with it
-        with _pool(1, detector, options) as pool:
+        with _pool(1, args[0], args[1]) as pool:
             try:
                 record(task, *pool.submit(process_video, task, *args).result())
             except BrokenProcessPool:
                 record(task, "fail", "worker process died while processing this file")
-        advance(task.rel)
 
 
 class _progress:
