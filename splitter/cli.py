@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from index.engine import EngineError, add_engine_args, options_from_args
 from index.manifest import ManifestError
 
 from .detectors import DEFAULT_DETECTOR, DETECTORS
@@ -25,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trim-frames", type=int, default=1, help="frames dropped at each shot edge (default 1)")
     p.add_argument("--cut", action="store_true", help="also write each clip as OUT_DIR/clips/CLIP_ID.mp4")
     p.add_argument("--no-progress", action="store_true")
+    add_engine_args(p)
     return p.parse_args(argv)
 
 
@@ -43,8 +45,8 @@ def main(argv=None) -> int:
         df, failures = split_videos(args.raw_dir, args.out, detector=args.detector, workers=args.workers,
                                     min_sec=args.min_sec, max_sec=args.max_sec, trim_frames=args.trim_frames,
                                     cut=args.cut, detector_options=options, progress=not args.no_progress,
-                                    summary=summary)
-    except (ValueError, ManifestError) as e:
+                                    summary=summary, engine=options_from_args(args))
+    except (ValueError, ManifestError, EngineError) as e:
         console.print(f"split-videos: error: {e}", markup=False)
         return 2
     console.print(
