@@ -170,3 +170,131 @@ def test_kill_at_a_random_point_then_rerun_gives_the_same_outputs(stage, referen
     run_ok(cmd)
     assert_same_output(stage, reference, work)
     assert leftovers(work / OUTPUT[stage]) == []
+
+
+# ---------------------------------------------------------------- hostile inputs
+
+def test_hostile_corpus_and_a_source_deleted_between_stages(raw, tiny_vlm, tmp_path):
+    from index.hostile import make_corpus
+
+    corpus = make_corpus(tmp_path / "raw")
+    work = tmp_path / "work"
+    cmds = commands(work, tmp_path / "raw", tiny_vlm)
+    run_ok(cmds["split"])
+    failed = {Path(f["path"]).name: f["reason"] for f in read_failed(work / "split")}
+    clips = read_manifest(work / "split" / "clips.parquet")
+    split_names = {Path(p).name for p in clips["video_path"]}
+    for name, case in corpus.items():
+        if case.expect == "fail":
+            assert case.reason in failed.get(name, ""), (name, failed.get(name))
+            assert "\n" not in failed[name]
+        else:
+            assert name in split_names, (name, failed.get(name))
+    assert set(failed) | split_names == set(corpus)  # every file is accounted for
+
+    gone = tmp_path / "raw" / "name with spaces.mp4"  # deleted between split and caption
+    gone.unlink()
+    run_ok(cmds["caption"])
+    cap = read_manifest(work / "cap" / "clips.parquet")
+    cap_failed = read_failed(work / "cap")
+    assert [Path(f["path"]).name for f in cap_failed] == [gone.name]
+    kept = clips[clips["video_path"] != str(gone)]
+    assert sorted(cap["clip_id"]) == sorted(kept["clip_id"])  # every other clip captioned, none lost
+    assert cap["caption"].map(lambda c: isinstance(c, str) and bool(c)).all()
+
+    run_ok(cmds["index"])
+    idx = read_manifest(work / "idx" / "clips.parquet")
+    assert sorted(idx["clip_id"]) == sorted(cap["clip_id"])
+    run_ok(cmds["shards"])
+    shards = pd.read_parquet(work / "shards" / "index.parquet")
+    dropped = set(idx.loc[~idx["keep"].astype(bool), "clip_id"])
+    assert set(shards["clip_id"]) | dropped == set(cap["clip_id"])  # in a shard or a known duplicate
+    # without dedup every hostile clip (rotated, anamorphic, VFR, first PTS at 3 s) is cut into a shard
+    run_ok([*cmds["shards"][:4], "-o", str(work / "all"), "--no-dedup"])
+    everything = pd.read_parquet(work / "all" / "index.parquet")
+    assert set(everything["clip_id"]) == set(cap["clip_id"])
+    assert leftovers(work) == []
+
+
+def _bad_row(manifest: Path, dst: Path) -> tuple[pd.DataFrame, str]:
+    """The manifest with one row edited by hand: its range runs past the end of its video."""
+    df = read_manifest(manifest).sort_values(["video_path", "start_frame"]).reset_index(drop=True)
+    df.loc[0, "end_frame"] = 10**6
+    write_manifest(df, dst)
+    return df, str(df.loc[0, "clip_id"])
+
+
+BAD_ROW_XFAIL = {
+    "caption": "captioner.pipeline.Captioner.run: the bad row's VideoError ('frame N requested but the video ends "
+               "before it') fails the whole source unit: the source's good clips are dropped too and the "
+               "failure does not name the bad clip",
+    "index": "index.cli.embed_manifest: same, the whole source is recorded as failed ('2 clips: frame N requested "
+             "...'), its good clips are not indexed",
+}
+
+
+@pytest.mark.parametrize("stage", [
+    pytest.param("caption", marks=pytest.mark.xfail(reason=BAD_ROW_XFAIL["caption"], strict=True)),
+    pytest.param("index", marks=pytest.mark.xfail(reason=BAD_ROW_XFAIL["index"], strict=True)),
+    "shards"])
+def test_hand_edited_manifest_with_a_bad_row(stage, reference, raw, tiny_vlm, tmp_path):
+    source = reference / ("split" if stage == "caption" else "cap") / "clips.parquet"
+    bad = tmp_path / "edited.parquet"
+    df, bad_id = _bad_row(source, bad)
+    work = tmp_path / "work"
+    cmd = commands(work, raw, tiny_vlm)[stage]
+    cmd[cmd.index(str(source).replace(str(reference), str(work)))] = str(bad)
+    if stage == "shards":
+        cmd = [*cmd[:cmd.index("--index")], "--no-dedup"]
+    run_ok(cmd)
+    out = work / OUTPUT[stage]
+    failed = read_failed(out)
+    assert len(failed) == 1 and bad_id in failed[0]["reason"] and "\n" not in failed[0]["reason"]
+    done = pd.read_parquet(out / ("index.parquet" if stage == "shards" else "clips.parquet"))
+    assert set(done["clip_id"]) == set(df["clip_id"]) - {bad_id}  # the other rows, all of them
+    assert leftovers(out) == []
+
+
+UNWRITABLE_XFAIL = ("the stage does not turn an OSError while writing its output into a one-line error: "
+                    "a traceback (index.manifest.atomic_write_bytes raises, the CLI catches only "
+                    "ValueError/ManifestError)")
+
+
+def _unwritable(limit_bytes: int):
+    """Runs in the child: files may not grow past `limit_bytes` (EFBIG), as on a full disk. Root ignores a
+    read-only folder, so this stands in for one when the tests run as root."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
+
+
+@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.xfail(
+    reason=UNWRITABLE_XFAIL + ("; build-shards also leaves .staging/.CLIP.mp4.tmp behind (index.video.cut_clips "
+                               "removes its temp files only when a range is missing, not on an exception)"
+                               if s == "shards" else ""), strict=True)) for s in STAGES])
+def test_unwritable_output_is_a_clear_error_and_loses_nothing(stage, reference, raw, tiny_vlm, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    for earlier in STAGES[:STAGES.index(stage)]:
+        shutil.copytree(reference / OUTPUT[earlier], work / OUTPUT[earlier])
+    cmd = commands(work, raw, tiny_vlm)[stage]
+    out = work / OUTPUT[stage]
+    if os.geteuid() == 0:
+        proc = run(cmd, preexec_fn=_unwritable(64))
+    else:
+        out.mkdir()
+        out.chmod(0o555)
+        try:
+            proc = run(cmd)
+        finally:
+            out.chmod(0o755)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert "error" in last.lower()
+    assert leftovers(work) == []
+    run_ok(cmd)  # the same command on a writable folder finishes, with the uninterrupted run's outputs
+    assert_same_output(stage, reference, work)
