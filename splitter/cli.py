@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
     from .pipeline import split_videos
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one failure per line, never wrapped
     try:
         options = json.loads(args.detector_options)
         if not isinstance(options, dict):
