@@ -27,7 +27,8 @@ from .embed import TextEmbedder, frame_hash, make_visual_embedder
 from .manifest import ManifestError, PartStore, atomic_write_bytes, atomic_write_text, read_manifest
 from .manifest import write_failed, write_manifest
 from .record import file_sha256
-from .video import VideoError, read_many, sample_indices
+from .shards import remove_stale_temps
+from .video import VideoError, iter_frames, sample_indices
 
 STAGE = "embed"
 
@@ -44,6 +45,22 @@ def _batch(index_dir: Path, manifest_path: Path) -> tuple[int, list]:
             return b["batch"], batches
     batches.append({"batch": len(batches), "manifest": manifest_path.name, "sha256": digest})
     return len(batches) - 1, batches
+
+
+def read_clips(path, requests: dict, size) -> tuple[dict, int]:
+    """Like `read_many` (one sequential decode), but a clip whose frames run past the end of the video is
+    left out instead of failing the whole source: ({key: frames} for complete clips, frames decoded)."""
+    wanted: dict[int, list] = {}
+    for key, idxs in requests.items():
+        for pos, i in enumerate(idxs):
+            wanted.setdefault(int(i), []).append((key, pos))
+    out = {k: [None] * len(v) for k, v in requests.items()}
+    seen = 0
+    for fr in iter_frames(path, size=size, stop=max(wanted, default=-1) + 1, want=wanted):
+        seen = fr.index + 1
+        for key, pos in wanted.get(fr.index, ()):
+            out[key][pos] = fr.image
+    return {k: np.stack(v) for k, v in out.items() if v and all(f is not None for f in v)}, seen
 
 
 def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, progress=None) -> None:
@@ -67,12 +84,17 @@ def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, 
             size = visual.frame_size(int(first["width"]), int(first["height"]))
             requests = {cid: sample_indices(a, b, visual.num_frames)
                         for cid, a, b in zip(rows["clip_id"], rows["start_frame"], rows["end_frame"])}
-            frames = read_many(path, requests, size=size)
+            frames, total = read_clips(path, requests, size)
         except VideoError as e:
             store.fail(key, path, f"{len(rows)} clips: {e}")
             if progress:
                 progress(len(rows))
             continue
+        bad = [c for c in rows["clip_id"] if c not in frames]
+        for k, cid in enumerate(bad):  # recorded before the part, which marks the unit done
+            why = "empty frame range" if not requests[cid] else f"frame range runs past the {total} decodable frames"
+            store.fail(f"{key}-{k}", path, f"clip {cid}: {why}")
+        rows = rows[~rows["clip_id"].isin(bad)]
         clips = [frames[c] for c in rows["clip_id"]]
         captions = rows["caption"].tolist() if "caption" in rows else [None] * len(rows)
         part = rows.copy()
@@ -109,10 +131,19 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
     manifest_path, index_dir = Path(manifest_path), Path(index_dir)
     df = read_manifest(manifest_path)
     index_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(index_dir)
     batch, batches = _batch(index_dir, manifest_path)
     visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code)
     text = TextEmbedder(text_model)
-    embed_manifest(df, index_dir, visual, text, batch, progress)
+    try:
+        embed_manifest(df, index_dir, visual, text, batch, progress)
+        return _finish_index(manifest_path, index_dir, visual, text, batches, threshold, method, index_kind)
+    except BaseException:
+        remove_stale_temps(index_dir)  # an interrupted atomic write leaves nothing behind
+        raise
+
+
+def _finish_index(manifest_path, index_dir, visual, text, batches, threshold, method, index_kind) -> dict:
     rows, failures = PartStore(index_dir, STAGE).merge(sort_by=("x_batch", "video_path", "start_frame", "clip_id"))
     write_failed(index_dir, failures)
     if not len(rows):
@@ -191,15 +222,23 @@ def index_main(argv=None) -> int:
             meta = build_index(args.manifest, args.out, args.image_model, args.text_model, args.frames,
                                args.threshold, args.method, args.index_kind, args.trust_remote_code,
                                progress=lambda n: bar.advance(task, n))
-    except (ManifestError, ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        return 2
+    except (ManifestError, ValueError, OSError) as e:
+        return _error(e)
     d = meta["dedup"]
     console.print(f"indexed {meta['clips']} clips ({len(meta['batches'])} manifests) in {args.out}: "
                   f"{d['groups']} duplicate groups, {d['dropped']} clips marked keep=False "
                   f"({d['cross_batch_groups']} groups across manifests), threshold {d['threshold']}, "
                   f"{meta['failed']} sources failed")
     return 0
+
+
+def _error(e: BaseException) -> int:
+    """One plain line on stderr (no wrapping), exit status 2."""
+    msg = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+        msg = f"cannot write the output ({e})"
+    print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+    return 2
 
 
 # ---------------------------------------------------------------- search-clips
@@ -239,8 +278,7 @@ def search_main(argv=None) -> int:
     try:
         hits = search(args.index_dir, args.text, args.like, args.k, args.text_model)
     except (FileNotFoundError, KeyError, ValueError, ManifestError) as e:
-        console.print(f"[red]error:[/] {str(e).strip(chr(39))}")
-        return 2
+        return _error(e)
     table = Table("score", "video", "time", "caption")
     table.add_column("clip_id", no_wrap=True, min_width=20)  # whole, to paste into --like
     for r in hits.itertuples():
@@ -278,9 +316,8 @@ def shards_main(argv=None) -> int:
             rep = build_shards(df, args.out, args.index, not args.no_dedup, size, args.format,
                                progress=lambda n: bar.advance(task, n))
         write_card(args.out, df, rep, index_dir=args.index, name=args.name, template=args.card_template)
-    except (ManifestError, ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        return 2
+    except (ManifestError, ValueError, OSError) as e:
+        return _error(e)
     dropped = ", ".join(f"{n} {why}" for why, n in rep.dropped.items()) or "none"
     console.print(f"{rep.samples} clips in {len(rep.shards) or args.format} shards under {args.out}; "
                   f"failed {len(rep.failures)} (failed.jsonl); dropped: {dropped}")

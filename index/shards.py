@@ -183,15 +183,22 @@ def _stage(df: pd.DataFrame, staging: Path, report: ShardReport, progress=None) 
             try:
                 cut_clips(path, list(zip(rows["start_frame"], rows["end_frame"])), dsts,
                           fps=float(rows["fps"].iloc[0]) or None)
-            except VideoError as e:
+            except VideoError as e:  # the input's fault; an OSError writing our output stops the run
                 reason = str(e)
-            except (OSError, ValueError) as e:
-                reason = f"cannot cut clips ({type(e).__name__}: {e})"
+            except ValueError as e:
+                reason = f"cannot cut clips ({e})"
         for d, (_, r) in zip(dsts, rows.iterrows()):
             if not d.exists():
                 report.failures.append(failure(path, STAGE, f"clip {r['clip_id']}: {reason or 'not cut'}"))
         if progress is not None:
             progress(len(rows))
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Temp files (`.NAME[.XXXX].tmp`) that an interrupted run left: the atomic writes never finished."""
+    for tmp in Path(folder).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def _list_shards(out_dir: Path) -> dict[str, list[tarfile.TarInfo]]:
@@ -227,6 +234,15 @@ def build_shards(df: pd.DataFrame, out_dir, index_dir=None, dedup: bool = True, 
         raise ValueError(f"unknown format {fmt!r} (webdataset, opensora-csv)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
+    try:
+        return _build(df, out_dir, index_dir, dedup, shard_size, fmt, progress)
+    except BaseException:
+        remove_stale_temps(out_dir)  # an interrupted atomic write leaves nothing behind
+        raise
+
+
+def _build(df, out_dir: Path, index_dir, dedup: bool, shard_size: int, fmt: str, progress) -> ShardReport:
     report = ShardReport(out_dir)
     df = _select(df.reset_index(drop=True), dedup, index_dir, report)
     df = df.assign(key=[safe_key(c) for c in df["clip_id"]],

@@ -57,7 +57,7 @@ def test_search_by_text_and_by_clip(indexed, capsys):
     assert search_main([str(out), "--like", original["clip_id"], "-k", "2"]) == 0
     assert "resized.mp4" in capsys.readouterr().out
     assert search_main([str(out), "--like", "no-such-clip"]) == 2
-    assert "no-such-clip" in capsys.readouterr().out
+    assert "error: clip no-such-clip is not in the index" in capsys.readouterr().err
 
 
 def test_second_manifest_is_deduplicated_against_the_index(indexed, tmp_path):
@@ -136,3 +136,21 @@ def test_a_saved_clip_model_is_one_flag_away(tmp_path):
     assert np.load(out / "visual.npy").shape == (6, 12)
     meta = json.loads((out / "index.json").read_text())
     assert meta["visual"]["model"] == str(model_dir) and meta["visual"]["num_frames"] == 2
+
+
+def test_a_clip_past_the_end_fails_alone_and_bad_output_is_one_line(tmp_path, capsys):
+    data = make_dataset(tmp_path / "src", shots=2, frames=12)
+    df = read_manifest(data["manifest"]).sort_values(["video_path", "start_frame"]).reset_index(drop=True)
+    df.loc[0, "end_frame"] = 10**6  # a hand-edited row
+    write_manifest(df, tmp_path / "edited.parquet")
+    assert index_main([str(tmp_path / "edited.parquet"), "-o", str(tmp_path / "idx")]) == 0
+    failed = read_failed(tmp_path / "idx")
+    assert len(failed) == 1 and df.loc[0, "clip_id"] in failed[0]["reason"] and "past the" in failed[0]["reason"]
+    clips = read_manifest(tmp_path / "idx" / "clips.parquet")
+    assert len(clips) == len(df) - 1
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    capsys.readouterr()
+    assert index_main([str(data["manifest"]), "-o", str(blocker)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
