@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 ENGINES = ("local", "ray")
 
 
-class EngineError(RuntimeError):
+class EngineError(RuntimeError, ValueError):
     """The engine cannot run (Ray missing, no cluster at the address, a unit failed without on_error)."""
 
 
