@@ -52,13 +52,19 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
 def square_frames(colour: str, direction: str, frames: int = 8, size: int = 32, square: int = 8,
-                  rng: np.random.Generator | None = None) -> np.ndarray:
-    """(T, size, size, 3) uint8: a coloured square crossing a dark background in one direction."""
+                  rng: np.random.Generator | None = None, jitter: int | None = None) -> np.ndarray:
+    """(T, size, size, 3) uint8: a coloured square crossing a dark background in one direction.
+
+    On the axis it does not move along it sits at the centre, shifted by up to +-`jitter` pixels (None: anywhere).
+    """
     rng = rng or np.random.default_rng(0)
     dx, dy = DIRECTIONS[direction]
     travel = size - square
     step = travel / max(frames - 1, 1)
-    across = int(rng.integers(0, travel + 1))  # position on the axis the square does not move along
+    if jitter is None:
+        across = int(rng.integers(0, travel + 1))
+    else:
+        across = travel // 2 + int(rng.integers(-jitter, jitter + 1))
     out = np.full((frames, size, size, 3), 16, np.uint8)
     for k in range(frames):
         along = round(k * step)
@@ -69,7 +75,7 @@ def square_frames(colour: str, direction: str, frames: int = 8, size: int = 32, 
 
 
 def make_square_manifest(out_dir, count: int = 16, frames: int = 8, size: int = 32, fps: float = 8.0,
-                         seed: int = 0, square: int | None = None) -> Path:
+                         seed: int = 0, square: int | None = None, jitter: int | None = None) -> Path:
     """`count` captioned mp4 clips of moving squares (all colour x direction pairs in turn) + clips.parquet."""
     from index.manifest import write_manifest
     from index.record import Clip, file_sha256
@@ -83,7 +89,7 @@ def make_square_manifest(out_dir, count: int = 16, frames: int = 8, size: int = 
     for i in range(count):
         colour, direction = pairs[i % len(pairs)]
         path = out / f"square_{i:03d}.mp4"
-        write_video(path, square_frames(colour, direction, frames, size, square or size // 4, rng=rng), fps)
+        write_video(path, square_frames(colour, direction, frames, size, square or size // 4, rng, jitter), fps)
         clip = Clip.from_range(path.name, file_sha256(path), 0, frames, 0.0, frames / fps, fps, size, size)
         rows.append({**clip.to_dict(), "caption": f"a {colour} square moving {direction}"})
     return write_manifest(pd.DataFrame(rows), out / "clips.parquet")
