@@ -276,6 +276,7 @@ class _ClipEncoder:
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height = _even(width), _even(height)
         self.stream.pix_fmt = "yuv420p"
+        self.stream.codec_context.thread_count = 1  # threaded x264 output differs run to run: keep bytes reproducible
         if codec == "libx264":
             self.stream.options = {"crf": str(crf), "preset": "veryfast"}
         self.count = 0
