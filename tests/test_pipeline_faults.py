@@ -224,19 +224,13 @@ def _bad_row(manifest: Path, dst: Path) -> tuple[pd.DataFrame, str]:
     return df, str(df.loc[0, "clip_id"])
 
 
-BAD_ROW_XFAIL = {
-    "caption": "captioner.pipeline.Captioner.run: the bad row's VideoError ('frame N requested but the video ends "
-               "before it') fails the whole source unit: the source's good clips are dropped too and the "
-               "failure does not name the bad clip",
-    "index": "index.cli.embed_manifest: same, the whole source is recorded as failed ('2 clips: frame N requested "
-             "...'), its good clips are not indexed",
-}
+BAD_ROW_XFAIL = ("captioner.pipeline.Captioner.run: the bad row's VideoError ('frame N requested but the video "
+                 "ends before it') fails the whole source unit: the source's good clips are dropped too and the "
+                 "failure does not name the bad clip")
 
 
 @pytest.mark.parametrize("stage", [
-    pytest.param("caption", marks=pytest.mark.xfail(reason=BAD_ROW_XFAIL["caption"], strict=True)),
-    pytest.param("index", marks=pytest.mark.xfail(reason=BAD_ROW_XFAIL["index"], strict=True)),
-    "shards"])
+    pytest.param("caption", marks=pytest.mark.xfail(reason=BAD_ROW_XFAIL, strict=True)), "index", "shards"])
 def test_hand_edited_manifest_with_a_bad_row(stage, reference, raw, tiny_vlm, tmp_path):
     source = reference / ("split" if stage == "caption" else "cap") / "clips.parquet"
     bad = tmp_path / "edited.parquet"
@@ -255,9 +249,8 @@ def test_hand_edited_manifest_with_a_bad_row(stage, reference, raw, tiny_vlm, tm
     assert leftovers(out) == []
 
 
-UNWRITABLE_XFAIL = ("the stage does not turn an OSError while writing its output into a one-line error: "
-                    "a traceback (index.manifest.atomic_write_bytes raises, the CLI catches only "
-                    "ValueError/ManifestError)")
+UNWRITABLE_XFAIL = ("an OSError while writing the output ends in a traceback, not a one-line error: "
+                    "index.manifest.atomic_write_bytes raises and {cli} catches only ValueError/ManifestError")
 
 
 def _unwritable(limit_bytes: int):
@@ -271,10 +264,12 @@ def _unwritable(limit_bytes: int):
     return apply
 
 
-@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.xfail(
-    reason=UNWRITABLE_XFAIL + ("; build-shards also leaves .staging/.CLIP.mp4.tmp behind (index.video.cut_clips "
-                               "removes its temp files only when a range is missing, not on an exception)"
-                               if s == "shards" else ""), strict=True)) for s in STAGES])
+@pytest.mark.parametrize("stage", [
+    pytest.param("split", marks=pytest.mark.xfail(reason=UNWRITABLE_XFAIL.format(cli="splitter/cli.py main"),
+                                                  strict=True)),
+    pytest.param("caption", marks=pytest.mark.xfail(reason=UNWRITABLE_XFAIL.format(cli="captioner/cli.py main"),
+                                                    strict=True)),
+    "index", "shards"])
 def test_unwritable_output_is_a_clear_error_and_loses_nothing(stage, reference, raw, tiny_vlm, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
