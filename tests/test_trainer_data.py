@@ -102,3 +102,16 @@ def test_shard_dataset_reads_webdataset_tars(tmp_path, squares):
         green = (sample["video"][1] > 0.3) & (sample["video"][0] < -0.3)  # (T, H, W)
         ys = [np.nonzero(m.any(1).numpy())[0].mean() for m in green]
         assert ys[-1] > ys[0] + 10  # moving down
+
+
+def test_a_corrupt_clip_is_skipped_not_fatal(tmp_path):
+    from index.manifest import read_manifest, write_manifest
+
+    src = make_square_manifest(tmp_path / "d", count=3, frames=4, size=16)
+    df = read_manifest(src)
+    (tmp_path / "d" / df.loc[1, "video_path"]).write_bytes(b"not a video at all")
+    write_manifest(df, tmp_path / "d" / "clips.parquet")
+    ds = open_dataset(tmp_path / "d" / "clips.parquet")
+    with pytest.warns(UserWarning, match="skipping clip"):
+        sample = ds[(1, (4, 16, 16))]
+    assert sample["clip_id"] == df.loc[2, "clip_id"] and 1 in ds.failed

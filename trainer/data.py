@@ -12,13 +12,14 @@ import io
 import json
 import math
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from index.video import read_frames
+from index.video import VideoError, read_frames
 
 
 def frame_indices(num_available: int, num_frames: int, interval: int, rng: np.random.Generator | None) -> list[int]:
@@ -62,6 +63,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.frame_interval, self.seed, self.epoch = int(frame_interval), int(seed), 0
         self.cache = {} if cache else None  # decoded frames kept in memory (small datasets, benchmarks)
         self.deterministic = False  # True: the centred frame window instead of a random one
+        self.failed: dict[int, str] = {}  # row -> reason, for clips that could not be decoded
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -76,7 +78,19 @@ class ClipDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __getitem__(self, item):
-        i, (T, H, W) = item if isinstance(item, tuple) else (item, (8, 64, 64))
+        i, bucket = item if isinstance(item, tuple) else (item, (8, 64, 64))
+        for attempt in range(len(self)):  # a clip that cannot be decoded is replaced by the next one
+            j = (int(i) + attempt) % len(self)
+            try:
+                return self._load(j, bucket)
+            except VideoError as err:
+                if j not in self.failed:
+                    self.failed[j] = str(err)
+                    warnings.warn(f"skipping clip {self.rows.iloc[j]['clip_id']}: {err}", stacklevel=2)
+        raise VideoError("no clip of the dataset can be decoded")
+
+    def _load(self, i: int, bucket):
+        T, H, W = bucket
         row = self.rows.iloc[int(i)]
         rng = None if self.deterministic else np.random.default_rng([self.seed, self.epoch, int(i)])
         idx = frame_indices(int(row["num_frames"]), T, self.frame_interval, rng)
