@@ -115,3 +115,19 @@ def test_a_corrupt_clip_is_skipped_not_fatal(tmp_path):
     with pytest.warns(UserWarning, match="skipping clip"):
         sample = ds[(1, (4, 16, 16))]
     assert sample["clip_id"] == df.loc[2, "clip_id"] and 1 in ds.failed
+
+
+def test_reads_the_shards_that_build_shards_writes(tmp_path, squares):
+    from index.manifest import read_manifest
+    from index.shards import build_shards
+
+    df = read_manifest(squares)
+    df["video_path"] = [str(squares.parent / p) for p in df["video_path"]]
+    build_shards(df, tmp_path / "shards", dedup=False)
+    ds = open_dataset(tmp_path / "shards")
+    assert isinstance(ds, ShardDataset) and len(ds) == len(df)
+    i = int(np.flatnonzero(ds.rows["caption"] == "a blue square moving right")[0])
+    sample = ds[(i, (8, 32, 32))]
+    blue = (sample["video"][2] > 0.3) & (sample["video"][0] < -0.3)  # (T, H, W)
+    xs = [np.nonzero(m.any(0).numpy())[0].mean() for m in blue]
+    assert xs[-1] > xs[0] + 10  # moving right: the shard holds the clip's own frames

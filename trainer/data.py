@@ -136,7 +136,7 @@ class ShardDataset(ClipDataset):
         tars = sorted(self.dir.glob("*.tar"))
         if not tars:
             raise ValueError(f"{self.dir}: no *.tar shards")
-        self.members: dict[str, tuple[str, int, int]] = {}  # clip_id -> (tar name, offset, size)
+        self.members: dict[str, tuple[str, int, int]] = {}  # sample key -> (tar name, offset, size)
         metas = []
         for tar in tars:
             with tarfile.open(tar) as tf:
@@ -148,11 +148,13 @@ class ShardDataset(ClipDataset):
                         metas.append(json.loads(tf.extractfile(m).read()))
         index = self.dir / "index.parquet"
         rows = pd.read_parquet(index) if index.exists() else pd.DataFrame(metas)
-        rows = rows[rows["clip_id"].astype(str).isin(self.members)]
+        if "key" not in rows.columns:  # the sample key is the clip id unless build-shards had to sanitise it
+            rows = rows.assign(key=rows["clip_id"].astype(str))
+        rows = rows[rows["key"].astype(str).isin(self.members)]
         super().__init__(rows, frame_interval, seed, cache)
 
     def _source(self, row):
-        name, offset, size = self.members[str(row["clip_id"])]
+        name, offset, size = self.members[str(row["key"])]
         with open(self.dir / name, "rb") as f:
             f.seek(offset)
             return io.BytesIO(f.read(size)).getvalue(), 0
