@@ -16,7 +16,6 @@ A unit whose worker raises, or whose Ray actor dies (segfault in a decoder, OOM 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -34,7 +33,7 @@ class EngineOptions:
     engine: str = "local"
     workers: int = 1
     ray_address: str | None = None  # None: start a local Ray; "auto": join the running cluster
-    num_gpus: float = 0.0  # per model worker; 0.5 puts two actors on one GPU
+    num_gpus: float | None = None  # per model worker; None: 1 when the cluster has GPUs; 0.5: two per GPU
     num_cpus: float | None = None  # per model worker (default 1, or 0.5 with a prepare step)
 
     def __post_init__(self):
@@ -42,7 +41,7 @@ class EngineOptions:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINES)}")
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
-        if self.num_gpus < 0:
+        if self.num_gpus is not None and self.num_gpus < 0:
             raise ValueError("--gpus-per-worker must not be negative")
 
 
@@ -54,13 +53,13 @@ def add_engine_args(parser) -> None:
                         help="with --engine ray: 'auto' joins the running cluster, ray://host:10001 a remote "
                              "one; default: start Ray on this machine")
     parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
-                        help="with --engine ray: GPUs per model actor (default 1 when the cluster has GPUs, "
-                             "0.5 packs two actors per GPU)")
+                        help="with --engine ray: GPUs per actor (default 1 when the cluster has GPUs, else 0; "
+                             "0.5 packs two actors per GPU, 0 keeps them off the GPUs)")
 
 
 def options_from_args(args, workers: int | None = None) -> EngineOptions:
     return EngineOptions(engine=args.engine, workers=max(1, int(workers or getattr(args, "workers", 1) or 1)),
-                         ray_address=args.ray_address, num_gpus=float(args.gpus_per_worker or 0.0))
+                         ray_address=args.ray_address, num_gpus=args.gpus_per_worker)
 
 
 def one_line(e: BaseException) -> str:
@@ -70,15 +69,16 @@ def one_line(e: BaseException) -> str:
 
 def run_units(units: Iterable, make_worker: Callable[[], Callable[[Any], Any]],
               on_result: Callable[[Any, Any], None], *, prepare: Callable[[Any], Any] | None = None,
-              on_error: Callable[[Any, str], None] | None = None,
+              on_error: Callable[[Any, str], None] | None = None, uses_gpu: bool = True,
               options: EngineOptions | None = None, **kwargs) -> int:
-    """Process every unit; returns how many were processed. `kwargs` are `EngineOptions` fields."""
+    """Process every unit; returns how many were processed. `kwargs` are `EngineOptions` fields.
+    `uses_gpu=False` (cutting clips, say) keeps Ray actors off the GPUs whatever the options say."""
     opts = options or EngineOptions(**kwargs)
     units = list(units)
     if not units:
         return 0
     if opts.engine == "ray":
-        return _run_ray(units, make_worker, on_result, prepare, on_error, opts)
+        return _run_ray(units, make_worker, on_result, prepare, on_error, opts, uses_gpu)
     return _run_local(units, make_worker, on_result, prepare, on_error)
 
 
@@ -130,13 +130,13 @@ def _call(fn, arg):
     return fn(arg)
 
 
-def _run_ray(units, make_worker, on_result, prepare, on_error, opts: EngineOptions) -> int:
+def _run_ray(units, make_worker, on_result, prepare, on_error, opts: EngineOptions, uses_gpu: bool) -> int:
     ray = init_ray(opts.ray_address)
     from ray.exceptions import RayActorError, RayTaskError
 
-    gpus = opts.num_gpus
-    if not gpus and ray.cluster_resources().get("GPU", 0) > 0 and os.environ.get("SHOTCAP_RAY_GPU", "1") != "0":
-        gpus = 1.0
+    gpus = opts.num_gpus if uses_gpu else 0.0
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     cpus = opts.num_cpus if opts.num_cpus is not None else (0.5 if prepare else 1.0)
     actor_cls = ray.remote(_Worker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=1)
     prep_task = ray.remote(_call).options(num_cpus=1, max_retries=0) if prepare else None
