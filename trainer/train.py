@@ -156,6 +156,8 @@ def main(argv=None) -> int:
     accelerator.register_for_checkpointing(ema, state)
     if args.resume:
         found = checkpoints(out_dir) if args.resume == "latest" else [Path(args.resume)]
+        if args.resume != "latest" and not (found[0] / "config.yaml").is_file():
+            raise SystemExit(f"error: {args.resume} is not a checkpoint folder (use --resume latest or DIR/checkpoints/N)")
         if found:
             accelerator.load_state(str(found[-1]))
             accelerator.print(f"resumed from {found[-1]} at step {state.step}")
