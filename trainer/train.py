@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     if args.resume:
         found = checkpoints(out_dir) if args.resume == "latest" else [Path(args.resume)]
         if args.resume != "latest" and not (found[0] / "config.yaml").is_file():
-            raise SystemExit(f"error: {args.resume} is not a checkpoint folder (use --resume latest or DIR/checkpoints/N)")
+            raise SystemExit(f"error: {args.resume} is not a checkpoint folder (--resume latest or RUN/checkpoints/N)")
         if found:
             accelerator.load_state(str(found[-1]))
             accelerator.print(f"resumed from {found[-1]} at step {state.step}")
