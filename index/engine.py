@@ -160,9 +160,22 @@ def _run_ray(units, make_worker, on_result, prepare, on_error, opts: EngineOptio
             raise EngineError(f"a unit failed on Ray: {reason(e)}") from None
         on_error(unit, reason(e))
 
-    idle = [start_actor() for _ in range(opts.workers)]
+    actors = [start_actor() for _ in range(min(opts.workers, len(units)))]
+    try:
+        return _schedule(ray, units, actors, start_actor, prep_task, prepare_ref, on_result, fail, opts.workers)
+    finally:  # also when on_result raises (an OSError writing a part): no actor outlives the run
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _schedule(ray, units, actors, start_actor, prep_task, prepare_ref, on_result, fail, workers) -> int:
+    """Feed idle actors in unit order; `actors` is updated in place when a dead actor is replaced."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    prepare = prep_task is not None
+    idle = list(actors)
     queue = list(reversed(range(len(units))))  # pop() gives the units in order
-    ahead = opts.workers * 2  # prepared items kept in flight ahead of the model workers
+    ahead = workers * 2  # prepared items kept in flight ahead of the model workers
     preparing: dict = {}  # ref -> unit index
     ready: list[tuple[int, Any]] = []  # (unit index, prepared ref) waiting for an idle actor
     running: dict = {}  # ref -> (unit index, actor)
@@ -186,13 +199,13 @@ def _run_ray(units, make_worker, on_result, prepare, on_error, opts: EngineOptio
             result = ray.get(ref)
         except RayActorError as e:  # the actor is gone: a fresh one takes its place
             fail(units[i], e)
+            actors.remove(actor)
             actor = start_actor()
+            actors.append(actor)
         except RayTaskError as e:
             fail(units[i], e)
         else:
             on_result(units[i], result)
         done += 1
         idle.append(actor)
-    for actor in idle:
-        ray.kill(actor, no_restart=True)
     return done
