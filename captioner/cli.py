@@ -85,6 +85,15 @@ def print_summary(summary, failures, out_path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except OSError as e:  # a full disk or an unwritable folder: what was finished stays on disk
+        where = f": {e.filename}" if e.filename else ""
+        print(f"caption-videos: error: cannot write the output ({e.strerror or e}){where}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out)
     try:

@@ -47,10 +47,11 @@ def frame_times(row: dict, indices: list[int]) -> list[float]:
 
 def load_clip_frames(video_path: str, rows: list[dict], policy: FramePolicy, frame_size=None,
                      frame_count=lambda n: n) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """{clip_id: (frames (T, H, W, 3) uint8, absolute indices)} from one sequential decode of the source."""
+    """{clip_id: (frames (T, H, W, 3) uint8, absolute indices)} from one sequential decode of the source.
+    A clip whose frames lie past the end of the video is left out (the caller records it)."""
     if not rows:
         return {}
     wanted = {r["clip_id"]: policy.indices(r, frame_count) for r in rows}
     size = frame_size(int(rows[0]["width"]), int(rows[0]["height"])) if frame_size else None
-    arrays = read_many(video_path, wanted, size=size)
-    return {cid: (arrays[cid], wanted[cid]) for cid in wanted}
+    arrays = read_many(video_path, wanted, size=size, drop_missing=True)
+    return {cid: (arrays[cid], wanted[cid]) for cid in wanted if cid in arrays}

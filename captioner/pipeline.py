@@ -109,17 +109,22 @@ class Captioner:
                                             caption_flags=",".join(flags), caption_retries=1)
         return result
 
-    def caption_unit(self, video_path: str, rows: list[dict]) -> pd.DataFrame:
+    def caption_unit(self, video_path: str, rows: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+        """Captions for one source's rows, and the ids of clips whose frames could not be read."""
         todo = [r for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)]
         empty = {r["clip_id"] for r in todo if int(r["end_frame"]) <= int(r["start_frame"])}
         todo = [r for r in todo if r["clip_id"] not in empty]
         t0 = time.perf_counter()
         frames = load_clip_frames(video_path, todo, self.policy, self.backend.frame_size, self.backend.frame_count)
         self.backend.stats["decode_s"] += time.perf_counter() - t0
+        unreadable = [r["clip_id"] for r in todo if r["clip_id"] not in frames]
+        todo = [r for r in todo if r["clip_id"] in frames]
         captions = self.caption_requests(self.requests(todo, frames)) if todo else {}
         out = []
         for row in rows:
             row = dict(row)
+            if row["clip_id"] in unreadable:  # recorded in failed.jsonl by the caller, not kept
+                continue
             if row["clip_id"] in captions:
                 row.update(captions[row["clip_id"]], caption_model=self.model_id, prompt_id=self.prompt.prompt_id,
                            frame_times=frame_times(row, frames[row["clip_id"]][1]))
@@ -127,7 +132,7 @@ class Captioner:
                 row.update(caption=None, caption_model=self.model_id, prompt_id=self.prompt.prompt_id,
                            caption_tokens=0, caption_flags="no_frames", caption_retries=0, frame_times=[])
             out.append(row)
-        return pd.DataFrame(out)
+        return pd.DataFrame(out), unreadable
 
     # ------------------------------------------------------------ a manifest
     def run(self, df: pd.DataFrame, out_dir, progress=None) -> tuple[pd.DataFrame, list[dict], Summary]:
@@ -142,12 +147,14 @@ class Captioner:
                 summary.skipped += len(rows)
             else:
                 try:
-                    part = self.caption_unit(path, rows)
+                    part, unreadable = self.caption_unit(path, rows)
                 except VideoError as e:
                     store.fail(key, path, str(e))
                 else:
-                    fresh = part["clip_id"].isin([r["clip_id"] for r in rows
-                                                  if not _already(r, self.model_id, self.prompt.prompt_id)])
+                    for cid in unreadable:
+                        store.fail(f"{key}-{cid}", path, f"clip {cid}: its frames lie past the end of the video")
+                    fresh = part.get("clip_id", pd.Series(dtype=str)).isin(
+                        [r["clip_id"] for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)])
                     summary.captioned += int(fresh.sum())
                     summary.skipped += int((~fresh).sum())
                     store.write(key, part)

@@ -216,8 +216,11 @@ def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = Non
                     return
 
 
-def read_many(src, requests: dict, size: tuple[int, int] | None = None) -> dict:
-    """One sequential decode serving many clips: {key: [frame indices]} -> {key: (T, H, W, 3) uint8}."""
+def read_many(src, requests: dict, size: tuple[int, int] | None = None, drop_missing: bool = False) -> dict:
+    """One sequential decode serving many clips: {key: [frame indices]} -> {key: (T, H, W, 3) uint8}.
+
+    A request for frames past the end of the video raises VideoError, or with `drop_missing` is left out
+    of the result (the other clips of the source are still served)."""
     wanted: dict[int, list[tuple]] = {}
     for key, idxs in requests.items():
         for pos, i in enumerate(idxs):
@@ -231,9 +234,10 @@ def read_many(src, requests: dict, size: tuple[int, int] | None = None) -> dict:
         seen = fr.index + 1
         for key, pos in wanted.get(fr.index, ()):
             out[key][pos] = fr.image
-    if seen <= last:
+    if seen <= last and not drop_missing:
         raise VideoError(f"frame {last} requested but the video ends before it")
-    return {k: np.stack(v) if v else np.zeros((0, 0, 0, 3), np.uint8) for k, v in out.items()}
+    return {k: np.stack(v) if v else np.zeros((0, 0, 0, 3), np.uint8) for k, v in out.items()
+            if all(img is not None for img in v)}
 
 
 def read_frames(src, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:

@@ -31,6 +31,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except OSError as e:  # a full disk or an unwritable folder: what was finished stays on disk
+        where = f": {e.filename}" if e.filename else ""
+        print(f"split-videos: error: cannot write the output ({e.strerror or e}){where}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)
     from rich.console import Console
 
