@@ -54,6 +54,8 @@ def test_kill_and_resume_latest_continues_at_the_same_step_with_the_same_ema(man
     killed = run(train_cmd(manifest, out, 6, "--kill-at-step", "3"))
     assert killed.returncode == -9  # SIGKILL after step 3: the latest checkpoint is step 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2"]
+    ckpt = out / "checkpoints" / "2"  # resume state is tensors (safetensors) and JSON, no custom pickle
+    assert (ckpt / "ema_state.safetensors").exists() and not list(ckpt.glob("custom_checkpoint_*"))
     resumed = run(train_cmd(manifest, out, 6, "--resume", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "at step 2" in resumed.stdout + resumed.stderr

@@ -3,8 +3,8 @@
     accelerate launch trainer/train.py --config trainer/configs/tiny.yaml --data SHARDS_OR_MANIFEST \
         [--max-steps N] [--output-dir DIR] [--resume latest|DIR] [section.key=value ...]
 
-Checkpoints are OUTPUT_DIR/checkpoints/<optimizer step>/: the Accelerate state (model, optimizer, RNG,
-EMA, data position) for `--resume`, plus `model/`, `ema/`, `config.yaml` (and a tiny `text_encoder/`) for `sample`.
+Checkpoints are OUTPUT_DIR/checkpoints/<optimizer step>/: the Accelerate state (model, optimizer, RNG)
+plus the EMA (safetensors) and data position (JSON) for `--resume`, plus `model/`, `ema/`, `config.yaml` (and a tiny `text_encoder/`) for `sample`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 if __package__ in (None, ""):  # run as a script (accelerate launch trainer/train.py) without an install
     import sys
@@ -69,20 +70,38 @@ def build_model(cfg: dict, in_channels: int, caption_channels: int) -> STDiT:
                        model_max_length=cfg["text"]["max_length"], **m)
 
 
+def save_resume_state(ckpt: Path, ema, state: TrainState) -> None:
+    """EMA weights as safetensors and the step/data position as JSON: a resume loads no pickle."""
+    ema_state = ema.state_dict()
+    shadow = ema_state.pop("shadow_params")
+    save_file({f"shadow.{i:05d}": p.detach().cpu().contiguous() for i, p in enumerate(shadow)},
+              str(ckpt / "ema_state.safetensors"))
+    (ckpt / "resume_state.json").write_text(json.dumps({"ema": ema_state, "train": state.state_dict()}))
+
+
+def load_resume_state(ckpt: Path, ema, state: TrainState) -> None:
+    meta = json.loads((ckpt / "resume_state.json").read_text())
+    tensors = load_file(str(ckpt / "ema_state.safetensors"))
+    ema.load_state_dict({**meta["ema"], "shadow_params": [tensors[k] for k in sorted(tensors)]})
+    state.load_state_dict(meta["train"])
+
+
 def checkpoints(out_dir: Path) -> list[Path]:
     root = out_dir / "checkpoints"
     found = [p for p in root.glob("*") if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
     return sorted(found, key=lambda p: int(p.name))
 
 
-def save_checkpoint(accelerator, out_dir: Path, step: int, model, ema, cfg: dict, text_path, keep_last: int):
+def save_checkpoint(accelerator, out_dir: Path, step: int, model, ema, state, cfg: dict, text_path,
+                    keep_last: int):
     root = out_dir / "checkpoints"
     tmp, final = root / f".tmp-{step}", root / str(step)
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its RNG state
+    accelerator.save_state(str(tmp))  # model, optimizer, and every process's RNG state
     if accelerator.is_main_process:
+        save_resume_state(tmp, ema, state)
         accelerator.unwrap_model(model).save_pretrained(tmp / "model")
         with torch.random.fork_rng():  # building a model draws random init: keep the training stream intact
             ema_model = STDiT.from_config(accelerator.unwrap_model(model).config)
@@ -153,13 +172,14 @@ def main(argv=None) -> int:
                             weight_decay=oc["weight_decay"])
     model, opt = accelerator.prepare(model, opt)
     state = TrainState()
-    accelerator.register_for_checkpointing(ema, state)
     if args.resume:
         found = checkpoints(out_dir) if args.resume == "latest" else [Path(args.resume)]
         if args.resume != "latest" and not (found[0] / "config.yaml").is_file():
             raise SystemExit(f"error: {args.resume} is not a checkpoint folder (--resume latest or RUN/checkpoints/N)")
         if found:
-            accelerator.load_state(str(found[-1]))
+            accelerator.load_state(str(found[-1]))  # tensors only (weights_only=True)
+            load_resume_state(found[-1], ema, state)
+            ema.to(device)
             accelerator.print(f"resumed from {found[-1]} at step {state.step}")
         else:
             accelerator.print(f"no checkpoint in {out_dir / 'checkpoints'}: starting from scratch")
@@ -222,7 +242,7 @@ def main(argv=None) -> int:
                 bar.set_postfix(loss=f"{last:.4f}", samples_s=f"{rate:.1f}")
                 t_log, seen, losses = time.perf_counter(), 0, []
             if state.step % tc["ckpt_every"] == 0 or state.step == tc["max_steps"]:
-                save_checkpoint(accelerator, out_dir, state.step, model, ema, cfg, text_path, tc["keep_last"])
+                save_checkpoint(accelerator, out_dir, state.step, model, ema, state, cfg, text_path, tc["keep_last"])
             if args.kill_at_step is not None and state.step == args.kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)
             if state.step >= tc["max_steps"]:
