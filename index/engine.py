@@ -198,6 +198,9 @@ def _schedule(ray, units, actors, start_actor, prep_task, prepare_ref, on_result
         try:
             result = ray.get(ref)
         except RayActorError as e:  # the actor is gone: a fresh one takes its place
+            if getattr(e, "actor_init_failed", False):  # make_worker() failed (no model): no unit is to blame
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                raise EngineError(f"a Ray worker could not start: {lines[-1] if lines else 'unknown error'}") from None
             fail(units[i], e)
             actors.remove(actor)
             actor = start_actor()

@@ -105,6 +105,14 @@ def test_a_dead_actor_fails_only_its_unit_and_is_replaced(ray_session):
 def test_without_on_error_a_failed_unit_stops_the_run_with_a_clear_error(ray_session):
     with pytest.raises(EngineError, match="unit three is broken"):
         run_units([3], _doubler, lambda u, r: None, engine="ray")
+    def no_model():
+        raise OSError("model folder /nope is missing")
+
+    done = []
+    with pytest.raises(EngineError, match="could not start: OSError: model folder /nope is missing"):
+        run_units([1, 2], no_model, lambda u, r: done.append(u), on_error=lambda u, e: done.append(u),
+                  engine="ray")
+    assert done == []  # no unit is marked failed (a re-run would skip it) when the worker cannot start
     with pytest.raises(ValueError, match="unknown engine 'spark'"):
         EngineOptions(engine="spark")
 
