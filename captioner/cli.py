@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
+from index.engine import EngineError, add_engine_args, options_from_args
 from index.manifest import ManifestError, read_manifest, write_failed, write_manifest
 
 from .backends import BACKENDS, make_backend
 from .frames import FramePolicy
 from .models import ALIASES, ModelError, resolve_model
-from .pipeline import Captioner
+from .pipeline import Captioner, caption_one, decode_unit
 from .prompts import PromptError, load_prompt
 
 
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-sec", type=float, default=None, help="shortest clip when INPUT is a folder")
     p.add_argument("--max-sec", type=float, default=None, help="longest clip when INPUT is a folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=1, help="with --engine ray: model actors (default 1)")
+    add_engine_args(p)
     return p
 
 
@@ -84,6 +88,43 @@ def print_summary(summary, failures, out_path: Path) -> None:
     Console(stderr=True).print(t)
 
 
+def build_captioner(args, spec, prompt, policy, load: bool = True) -> Captioner:
+    backend = make_backend(args.backend, spec, batch_size=args.batch_size, device=args.device,
+                           trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels)
+    if load:
+        backend = backend.load()
+    two_pass = None
+    if args.two_pass:
+        from .twopass import TwoPass
+
+        two_pass = TwoPass.create(backend, args.summary_model, trust_remote_code=args.trust_remote_code)
+    return Captioner(backend, prompt, policy, args.max_new_tokens, two_pass=two_pass)
+
+
+def actor_worker(args, spec, prompt, policy):
+    """Runs inside each Ray actor: the model is loaded once there."""
+    return partial(caption_one, build_captioner(args, spec, prompt, policy))
+
+
+def with_processor(captioner: Captioner):
+    """The driver's captioner for Ray decode tasks: the processor alone (frame sizes), no model; None when the
+    backend cannot say its frame sizes without the model (the actors then decode)."""
+    backend = captioner.backend
+    if not hasattr(backend, "processor"):
+        return None
+    from transformers import AutoProcessor
+
+    from .models import ensure_available, missing_weights_message
+
+    ensure_available(backend.spec)  # a missing model is this process's one-line error, not every actor's
+    try:
+        backend.processor = AutoProcessor.from_pretrained(backend.spec.model_id,
+                                                          trust_remote_code=backend.trust_remote_code)
+    except OSError:
+        raise ModelError(missing_weights_message(backend.spec.model_id)) from None
+    return captioner
+
+
 def main(argv=None) -> int:
     try:
         return _main(argv)
@@ -111,14 +152,12 @@ def _main(argv=None) -> int:
         print("caption-videos: no clips to caption", file=sys.stderr)
         return 1
     try:
-        backend = make_backend(args.backend, spec, batch_size=args.batch_size, device=args.device,
-                               trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels).load()
-        two_pass = None
-        if args.two_pass:
-            from .twopass import TwoPass
-
-            two_pass = TwoPass.create(backend, args.summary_model, trust_remote_code=args.trust_remote_code)
-        captioner = Captioner(backend, prompt, policy, args.max_new_tokens, two_pass=two_pass)
+        engine = options_from_args(args)
+        remote = engine.engine == "ray"  # the model is loaded in the actors, not here
+        captioner = build_captioner(args, spec, prompt, policy, load=not remote)
+        make_worker = partial(actor_worker, args, spec, prompt, policy) if remote else None
+        decoder = with_processor(captioner) if remote and not args.summary_model else None
+        prepare = partial(decode_unit, decoder) if decoder is not None else None
     except (ModelError, PromptError, ValueError) as e:
         print(f"caption-videos: error: {e}", file=sys.stderr)
         return 2
@@ -126,8 +165,9 @@ def _main(argv=None) -> int:
     try:
         if bar is not None:
             bar.start()
-        merged, failures, summary = captioner.run(df, out_dir, progress=advance)
-    except ManifestError as e:  # e.g. the folder holds a run made with other options
+        merged, failures, summary = captioner.run(df, out_dir, progress=advance, engine=engine,
+                                                  make_worker=make_worker, prepare=prepare)
+    except (ManifestError, EngineError) as e:  # e.g. the folder holds a run made with other options
         print(f"caption-videos: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from index.engine import EngineOptions, run_units
 from index.manifest import PartStore
 from index.video import VideoError
 
@@ -52,6 +53,33 @@ def _already(row: dict, model_id: str, prompt_id: str) -> bool:
     cap = row.get("caption")
     return (isinstance(cap, str) and bool(cap) and row.get("caption_model") == model_id
             and row.get("prompt_id") == prompt_id)
+
+
+def decode_unit(captioner: "Captioner", unit: tuple) -> tuple:
+    """The CPU half of a unit, run as a Ray task ahead of the model actors: (unit, frames or failure reason).
+    `captioner` needs the backend's processor only (`frame_size`, `frame_count`), not the model."""
+    _, path, rows = unit
+    try:
+        return unit, load_clip_frames(path, captioner.todo(rows), captioner.policy, captioner.backend.frame_size,
+                                      captioner.backend.frame_count)
+    except VideoError as e:
+        return unit, str(e)
+
+
+def caption_one(captioner: "Captioner", item: tuple) -> tuple:
+    """A Ray actor's unit: ('ok', (part, unreadable), backend stats spent) or ('fail', one-line reason, {}).
+    `item` is a unit, or `decode_unit`'s (unit, frames) when decoding runs in separate tasks."""
+    unit, frames = (item, None) if len(item) == 3 else item
+    if isinstance(frames, str):
+        return "fail", frames, {}
+    if frames is not None:  # arrays from Ray's object store are read-only; the processors expect their own
+        frames = {cid: (arr.copy(), idx) for cid, (arr, idx) in frames.items()}
+    before = dict(captioner.backend.stats)
+    try:
+        result = captioner.caption_unit(unit[1], unit[2], frames=frames)
+    except VideoError as e:
+        return "fail", str(e), {}
+    return "ok", result, {k: v - before.get(k, 0.0) for k, v in captioner.backend.stats.items()}
 
 
 class Captioner:
@@ -109,14 +137,23 @@ class Captioner:
                                             caption_flags=",".join(flags), caption_retries=1)
         return result
 
-    def caption_unit(self, video_path: str, rows: list[dict]) -> tuple[pd.DataFrame, list[str]]:
-        """Captions for one source's rows, and the ids of clips whose frames could not be read."""
+    def todo(self, rows: list[dict]) -> list[dict]:
+        """The rows a unit sends to the model: not captioned by this model and prompt yet, a non-empty range."""
+        return [r for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)
+                and int(r["end_frame"]) > int(r["start_frame"])]
+
+    def caption_unit(self, video_path: str, rows: list[dict],
+                     frames: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
+        """Captions for one source's rows, and the ids of clips whose frames could not be read.
+        `frames`: from `decode_unit` when the frames were decoded elsewhere (a Ray task)."""
         todo = [r for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)]
         empty = {r["clip_id"] for r in todo if int(r["end_frame"]) <= int(r["start_frame"])}
         todo = [r for r in todo if r["clip_id"] not in empty]
-        t0 = time.perf_counter()
-        frames = load_clip_frames(video_path, todo, self.policy, self.backend.frame_size, self.backend.frame_count)
-        self.backend.stats["decode_s"] += time.perf_counter() - t0
+        if frames is None:
+            t0 = time.perf_counter()
+            frames = load_clip_frames(video_path, todo, self.policy, self.backend.frame_size,
+                                      self.backend.frame_count)
+            self.backend.stats["decode_s"] += time.perf_counter() - t0
         unreadable = [r["clip_id"] for r in todo if r["clip_id"] not in frames]
         todo = [r for r in todo if r["clip_id"] in frames]
         captions = self.caption_requests(self.requests(todo, frames)) if todo else {}
@@ -135,31 +172,49 @@ class Captioner:
         return pd.DataFrame(out), unreadable
 
     # ------------------------------------------------------------ a manifest
-    def run(self, df: pd.DataFrame, out_dir, progress=None) -> tuple[pd.DataFrame, list[dict], Summary]:
+    def run(self, df: pd.DataFrame, out_dir, progress=None, engine: EngineOptions | None = None,
+            make_worker=None, prepare=None) -> tuple[pd.DataFrame, list[dict], Summary]:
+        """Caption every unit not done yet. With `engine.engine == "ray"`, `make_worker()` (picklable) builds
+        the captioner in each Ray actor (`caption_one` runs there), `prepare` (`decode_unit`) decodes frames in
+        separate CPU tasks, and the parts are written here as locally."""
         store = PartStore(out_dir, stage_name(self.model_id, self.prompt.prompt_id), self.config())
         summary = Summary(clips=len(df))
         t_start = time.perf_counter()
         tokens_before = self.backend.stats["output_tokens"]
+        remote = engine is not None and engine.engine == "ray"
+        units = []
         for (path, sha), group in df.groupby(["video_path", "video_sha256"], sort=True):
             key = unit_key(path, sha)
             rows = group.sort_values("start_frame").to_dict("records")
             if store.done(key):
                 summary.skipped += len(rows)
+            elif remote:
+                units.append((key, path, rows))
+                continue
             else:
                 try:
-                    part, unreadable = self.caption_unit(path, rows)
+                    result = self.caption_unit(path, rows)
                 except VideoError as e:
                     store.fail(key, path, str(e))
                 else:
-                    for cid in unreadable:
-                        store.fail(f"{key}-{cid}", path, f"clip {cid}: its frames lie past the end of the video")
-                    fresh = part.get("clip_id", pd.Series(dtype=str)).isin(
-                        [r["clip_id"] for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)])
-                    summary.captioned += int(fresh.sum())
-                    summary.skipped += int((~fresh).sum())
-                    store.write(key, part)
+                    self._write(store, key, path, rows, *result, summary)
             if progress is not None:
                 progress(len(rows))
+
+        def on_result(unit, result) -> None:
+            key, path, rows = unit
+            if result[0] == "ok":
+                self._write(store, key, path, rows, *result[1], summary)
+                for k, v in result[2].items():
+                    self.backend.stats[k] += v
+            else:
+                store.fail(key, path, result[1])
+            if progress is not None:
+                progress(len(rows))
+
+        if units:
+            run_units(units, make_worker, on_result, prepare=prepare, options=engine,
+                      on_error=lambda unit, reason: on_result(unit, ("fail", reason)))
         merged, failures = store.merge()
         if len(merged):  # parts of videos no longer in the input stay on disk but not in this manifest
             merged = merged[merged["clip_id"].isin(set(df["clip_id"]))].reset_index(drop=True)
@@ -171,3 +226,13 @@ class Captioner:
         summary.seconds = time.perf_counter() - t_start
         summary.timings = {k: round(v, 3) for k, v in self.backend.stats.items() if k.endswith("_s")}
         return merged, failures, summary
+
+    def _write(self, store: PartStore, key: str, path: str, rows: list[dict], part: pd.DataFrame,
+               unreadable: list[str], summary: Summary) -> None:
+        for cid in unreadable:
+            store.fail(f"{key}-{cid}", path, f"clip {cid}: its frames lie past the end of the video")
+        fresh = part.get("clip_id", pd.Series(dtype=str)).isin(
+            [r["clip_id"] for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)])
+        summary.captioned += int(fresh.sum())
+        summary.skipped += int((~fresh).sum())
+        store.write(key, part)
