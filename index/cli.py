@@ -13,6 +13,7 @@ INDEX_DIR (written by index-clips, grows with every manifest added):
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -24,6 +25,7 @@ import pandas as pd
 from . import dedup as dd
 from . import faiss_index
 from .embed import TextEmbedder, frame_hash, make_visual_embedder
+from .engine import EngineOptions, add_engine_args, options_from_args, run_units
 from .manifest import ManifestError, PartStore, atomic_write_bytes, atomic_write_text, read_manifest
 from .manifest import write_failed, write_manifest
 from .record import file_sha256
@@ -63,10 +65,13 @@ def read_clips(path, requests: dict, size) -> tuple[dict, int]:
     return {k: np.stack(v) for k, v in out.items() if v and all(f is not None for f in v)}, seen
 
 
-def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, progress=None) -> None:
-    """Embed every clip, one part per source video (one decode each); finished parts are skipped."""
+def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, progress=None,
+                   engine: EngineOptions | None = None, make_worker=None) -> None:
+    """Embed every clip, one part per source video (one decode each); finished parts are skipped.
+    With `engine.engine == "ray"`, `make_worker()` builds the embedders once per Ray actor."""
     config = {"visual": visual.describe(), "text": text.describe()}
     store = PartStore(index_dir, STAGE, config=config)
+    units = []
     for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True):
         ids = ",".join(sorted(rows["clip_id"].astype(str)))
         key = hashlib.sha256(f"{path}\n{sha}\n{ids}".encode()).hexdigest()[:24]
@@ -74,37 +79,61 @@ def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, 
             _refresh_captions(store, key, rows, text)
             if progress:
                 progress(len(rows))
-            continue
-        try:
-            if not Path(path).exists():
-                raise VideoError("video missing")
-            if file_sha256(path) != sha:
-                raise VideoError("video changed since splitting (sha256 mismatch)")
-            first = rows.iloc[0]
-            size = visual.frame_size(int(first["width"]), int(first["height"]))
-            requests = {cid: sample_indices(a, b, visual.num_frames)
-                        for cid, a, b in zip(rows["clip_id"], rows["start_frame"], rows["end_frame"])}
-            frames, total = read_clips(path, requests, size)
-        except VideoError as e:
-            store.fail(key, path, f"{len(rows)} clips: {e}")
-            if progress:
-                progress(len(rows))
-            continue
-        bad = [c for c in rows["clip_id"] if c not in frames]
-        for k, cid in enumerate(bad):  # recorded before the part, which marks the unit done
-            why = "empty frame range" if not requests[cid] else f"frame range runs past the {total} decodable frames"
+        else:
+            units.append((key, path, sha, rows))
+    record = functools.partial(_record, store, progress)
+    if engine is not None and engine.engine == "ray":
+        run_units(units, make_worker, record, on_error=lambda unit, reason: record(unit, ("fail", reason)),
+                  options=engine)
+    else:
+        for unit in units:
+            record(unit, embed_unit(visual, text, batch, unit))
+
+
+def embed_unit(visual, text, batch: int, unit: tuple) -> tuple:
+    """One source's clips: ('ok', part, [(clip_id, why) of clips left out]) or ('fail', one-line reason)."""
+    key, path, sha, rows = unit
+    try:
+        if not Path(path).exists():
+            raise VideoError("video missing")
+        if file_sha256(path) != sha:
+            raise VideoError("video changed since splitting (sha256 mismatch)")
+        first = rows.iloc[0]
+        size = visual.frame_size(int(first["width"]), int(first["height"]))
+        requests = {cid: sample_indices(a, b, visual.num_frames)
+                    for cid, a, b in zip(rows["clip_id"], rows["start_frame"], rows["end_frame"])}
+        frames, total = read_clips(path, requests, size)
+    except VideoError as e:
+        return "fail", f"{len(rows)} clips: {e}"
+    bad = [(cid, "empty frame range" if not requests[cid] else f"frame range runs past the {total} decodable frames")
+           for cid in rows["clip_id"] if cid not in frames]
+    rows = rows[~rows["clip_id"].isin([cid for cid, _ in bad])]
+    clips = [frames[c] for c in rows["clip_id"]]
+    captions = rows["caption"].tolist() if "caption" in rows else [None] * len(rows)
+    part = rows.copy()
+    part["x_batch"] = batch
+    part["x_frame_hash"] = [frame_hash(c) for c in clips]
+    part["x_visual"] = list(visual.embed(clips))
+    part["x_text"] = list(text.embed(captions))
+    return "ok", part, bad
+
+
+def _record(store: PartStore, progress, unit: tuple, result: tuple) -> None:
+    key, path, _, rows = unit
+    if result[0] == "ok":
+        for k, (cid, why) in enumerate(result[2]):  # recorded before the part, which marks the unit done
             store.fail(f"{key}-{k}", path, f"clip {cid}: {why}")
-        rows = rows[~rows["clip_id"].isin(bad)]
-        clips = [frames[c] for c in rows["clip_id"]]
-        captions = rows["caption"].tolist() if "caption" in rows else [None] * len(rows)
-        part = rows.copy()
-        part["x_batch"] = batch
-        part["x_frame_hash"] = [frame_hash(c) for c in clips]
-        part["x_visual"] = list(visual.embed(clips))
-        part["x_text"] = list(text.embed(captions))
-        store.write(key, part)
-        if progress:
-            progress(len(rows))
+        store.write(key, result[1])
+    else:
+        store.fail(key, path, result[1])
+    if progress:
+        progress(len(rows))
+
+
+def _actor_embedder(image_model, text_model, num_frames: int, trust_remote_code: bool, batch: int):
+    """Runs in each Ray actor: the embedding models are loaded once there."""
+    visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code)
+    return functools.partial(embed_unit, visual, TextEmbedder(text_model), batch)
 
 
 def _refresh_captions(store: PartStore, key: str, rows: pd.DataFrame, text) -> None:
@@ -126,7 +155,7 @@ def _refresh_captions(store: PartStore, key: str, rows: pd.DataFrame, text) -> N
 
 def build_index(manifest_path, index_dir, image_model=None, text_model=None, num_frames: int = 8,
                 threshold: float = dd.DEFAULT_THRESHOLD, method: str = "auto", index_kind: str = "auto",
-                trust_remote_code: bool = False, progress=None) -> dict:
+                trust_remote_code: bool = False, progress=None, engine: EngineOptions | None = None) -> dict:
     """index-clips as a function: embed, update the FAISS indexes, dedup everything indexed. Returns index.json."""
     manifest_path, index_dir = Path(manifest_path), Path(index_dir)
     df = read_manifest(manifest_path)
@@ -136,7 +165,9 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
     visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code)
     text = TextEmbedder(text_model)
     try:
-        embed_manifest(df, index_dir, visual, text, batch, progress)
+        make_worker = functools.partial(_actor_embedder, image_model, text_model, num_frames, trust_remote_code,
+                                        batch)
+        embed_manifest(df, index_dir, visual, text, batch, progress, engine, make_worker)
         return _finish_index(manifest_path, index_dir, visual, text, batches, threshold, method, index_kind)
     except BaseException:
         remove_stale_temps(index_dir)  # an interrupted atomic write leaves nothing behind
@@ -211,6 +242,8 @@ def index_main(argv=None) -> int:
     ap.add_argument("--method", choices=["auto", "exact", "partitioned"], default="auto")
     ap.add_argument("--index-kind", choices=["auto", "flat", "ivf"], default="auto")
     ap.add_argument("--trust-remote-code", action="store_true")
+    ap.add_argument("--workers", type=int, default=1, help="with --engine ray: embedding actors (default 1)")
+    add_engine_args(ap)
     args = ap.parse_args(argv)
     from rich.console import Console
     from rich.progress import Progress
@@ -221,7 +254,7 @@ def index_main(argv=None) -> int:
             task = bar.add_task("embedding clips", total=total)
             meta = build_index(args.manifest, args.out, args.image_model, args.text_model, args.frames,
                                args.threshold, args.method, args.index_kind, args.trust_remote_code,
-                               progress=lambda n: bar.advance(task, n))
+                               progress=lambda n: bar.advance(task, n), engine=options_from_args(args))
     except (ManifestError, ValueError, OSError) as e:
         return _error(e)
     d = meta["dedup"]
@@ -304,6 +337,8 @@ def shards_main(argv=None) -> int:
     ap.add_argument("--format", choices=["webdataset", "opensora-csv"], default="webdataset")
     ap.add_argument("--name", default=None, help="dataset name for the data card")
     ap.add_argument("--card-template", default=None, help="data card template (default: data_cards/TEMPLATE.md)")
+    ap.add_argument("--workers", type=int, default=1, help="with --engine ray: clip-cutting actors (default 1)")
+    add_engine_args(ap)
     args = ap.parse_args(argv)
     from rich.console import Console
     from rich.progress import Progress
@@ -314,7 +349,7 @@ def shards_main(argv=None) -> int:
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("cutting clips", total=len(df))
             rep = build_shards(df, args.out, args.index, not args.no_dedup, size, args.format,
-                               progress=lambda n: bar.advance(task, n))
+                               progress=lambda n: bar.advance(task, n), engine=options_from_args(args))
         write_card(args.out, df, rep, index_dir=args.index, name=args.name, template=args.card_template)
     except (ManifestError, ValueError, OSError) as e:
         return _error(e)

@@ -170,28 +170,56 @@ def _select(df: pd.DataFrame, dedup: bool, index_dir, report: ShardReport) -> pd
     return df[~repeated]
 
 
-def _stage(df: pd.DataFrame, staging: Path, report: ShardReport, progress=None) -> None:
-    """Cut the clips of `df` into staging/<key>.mp4, one decode per source; failures are recorded."""
-    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True):
-        dsts = [staging / f"{safe_key(c)}.mp4" for c in rows["clip_id"]]
-        reason = None
-        if not Path(path).exists():
-            reason = "video missing"
-        elif file_sha256(path) != sha:
-            reason = "video changed since splitting (sha256 mismatch)"
-        else:
-            try:
-                cut_clips(path, list(zip(rows["start_frame"], rows["end_frame"])), dsts,
-                          fps=float(rows["fps"].iloc[0]) or None)
-            except VideoError as e:  # the input's fault; an OSError writing our output stops the run
-                reason = str(e)
-            except ValueError as e:
-                reason = f"cannot cut clips ({e})"
-        for d, (_, r) in zip(dsts, rows.iterrows()):
+def _stage(df: pd.DataFrame, staging: Path, report: ShardReport, progress=None, engine=None) -> None:
+    """Cut the clips of `df` into staging/<key>.mp4, one decode per source; failures are recorded.
+    With `engine.engine == "ray"` Ray actors cut the sources (staging must then be on a shared file system)."""
+    units = [(path, sha, rows) for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True)]
+
+    def record(unit, reason) -> None:
+        path, _, rows = unit
+        if isinstance(reason, tuple):  # an OSError writing our output in an actor: stops the run, as locally
+            raise OSError(*reason)
+        for d, (_, r) in zip([staging / f"{safe_key(c)}.mp4" for c in rows["clip_id"]], rows.iterrows()):
             if not d.exists():
                 report.failures.append(failure(path, STAGE, f"clip {r['clip_id']}: {reason or 'not cut'}"))
         if progress is not None:
             progress(len(rows))
+
+    if engine is not None and engine.engine == "ray":
+        from functools import partial
+
+        from .engine import run_units
+        run_units(units, partial(partial, _stage_remote, staging), record, on_error=record, options=engine,
+                  uses_gpu=False)
+        return
+    for unit in units:
+        record(unit, stage_source(staging, unit))
+
+
+def stage_source(staging: Path, unit: tuple) -> str | None:
+    """Cut one source's clips into staging: None, or the one-line reason they could not be cut."""
+    path, sha, rows = unit
+    dsts = [staging / f"{safe_key(c)}.mp4" for c in rows["clip_id"]]
+    if not Path(path).exists():
+        return "video missing"
+    if file_sha256(path) != sha:
+        return "video changed since splitting (sha256 mismatch)"
+    try:
+        cut_clips(path, list(zip(rows["start_frame"], rows["end_frame"])), dsts,
+                  fps=float(rows["fps"].iloc[0]) or None)
+    except VideoError as e:  # the input's fault; an OSError writing our output stops the run
+        return str(e)
+    except ValueError as e:
+        return f"cannot cut clips ({e})"
+    return None
+
+
+def _stage_remote(staging: Path, unit: tuple):
+    """`stage_source` in a Ray actor (`partial(partial, _stage_remote, staging)` is the worker factory)."""
+    try:
+        return stage_source(staging, unit)
+    except OSError as e:
+        return (e.errno, f"{e.strerror or e} ({e.filename or staging})")
 
 
 def remove_stale_temps(folder: Path) -> None:
@@ -228,7 +256,7 @@ def plan_shards(df: pd.DataFrame, sizes: dict, shard_size: int) -> pd.DataFrame:
 
 
 def build_shards(df: pd.DataFrame, out_dir, index_dir=None, dedup: bool = True, shard_size: int = 10**9,
-                 fmt: str = "webdataset", progress=None) -> ShardReport:
+                 fmt: str = "webdataset", progress=None, engine=None) -> ShardReport:
     """The whole step on a manifest DataFrame; see the module docstring."""
     if fmt not in ("webdataset", "opensora-csv"):
         raise ValueError(f"unknown format {fmt!r} (webdataset, opensora-csv)")
@@ -236,13 +264,14 @@ def build_shards(df: pd.DataFrame, out_dir, index_dir=None, dedup: bool = True, 
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)
     try:
-        return _build(df, out_dir, index_dir, dedup, shard_size, fmt, progress)
+        return _build(df, out_dir, index_dir, dedup, shard_size, fmt, progress, engine)
     except BaseException:
         remove_stale_temps(out_dir)  # an interrupted atomic write leaves nothing behind
         raise
 
 
-def _build(df, out_dir: Path, index_dir, dedup: bool, shard_size: int, fmt: str, progress) -> ShardReport:
+def _build(df, out_dir: Path, index_dir, dedup: bool, shard_size: int, fmt: str, progress,
+           engine=None) -> ShardReport:
     report = ShardReport(out_dir)
     df = _select(df.reset_index(drop=True), dedup, index_dir, report)
     df = df.assign(key=[safe_key(c) for c in df["clip_id"]],
@@ -253,7 +282,7 @@ def _build(df, out_dir: Path, index_dir, dedup: bool, shard_size: int, fmt: str,
     in_tar = {m.name[:-4]: (name, m) for name, members in existing.items() for m in members
               if m.name.endswith(".mp4")}
     staged = lambda k: (staging / f"{k}.mp4").exists()  # noqa: E731
-    _stage(df[[not staged(k) and k not in in_tar for k in df["key"]]], staging, report, progress)
+    _stage(df[[not staged(k) and k not in in_tar for k in df["key"]]], staging, report, progress, engine)
     df = df[[staged(k) or k in in_tar for k in df["key"]]]
     if fmt == "opensora-csv":
         _write_opensora(df, staging, out_dir)
