@@ -148,3 +148,86 @@ def test_split_on_ray_equals_local_on_real_clips(ray_session, realdata, tmp_path
     _, again = _split_both(raw, tmp_path)
     same_rows(again, remote)
     assert before == {p.name: p.read_bytes() for p in (tmp_path / "ray" / ".parts" / "split").glob("*.parquet")}
+
+
+# ---------------------------------------------------------------- caption-videos: local vs Ray
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    from captioner.testing import build_tiny_model
+
+    return build_tiny_model("qwen2-vl", tmp_path_factory.mktemp("tiny_vlm"))
+
+
+@pytest.fixture(scope="module")
+def captioned(ray_session, sample_videos, tiny_vlm, tmp_path_factory) -> Path:
+    """split (local) -> caption-videos with the local engine into local/ and with Ray into ray/."""
+    from captioner.cli import main as caption_main
+    from splitter.pipeline import split_videos
+
+    tmp = tmp_path_factory.mktemp("captioned")
+    split_videos(sample_videos[0], tmp / "split", detector="content", progress=False)
+    manifest = tmp / "split" / "clips.parquet"
+    common = ["--model", str(tiny_vlm), "--num-frames", "4", "--max-new-tokens", "8", "--batch-size", "4",
+              "--quiet"]
+    assert caption_main([str(manifest), "-o", str(tmp / "local"), *common]) == 0
+    assert caption_main([str(manifest), "-o", str(tmp / "ray"), *common, "--engine", "ray", "--workers", "2"]) == 0
+    return tmp
+
+
+def test_caption_on_ray_equals_local(captioned):
+    local = read_manifest(captioned / "local" / "clips.parquet")
+    remote = read_manifest(captioned / "ray" / "clips.parquet")
+    assert local["caption"].map(lambda c: isinstance(c, str) and bool(c)).all()
+    same_rows(local, remote)
+    parts = captioned / "ray" / ".parts"  # one part per source video, as locally
+    assert sorted(p.name for p in parts.rglob("*.parquet")) == sorted(
+        p.name for p in (captioned / "local" / ".parts").rglob("*.parquet"))
+
+
+# ---------------------------------------------------------------- index-clips and build-shards: local vs Ray
+
+def test_index_and_shards_on_ray_equal_local(captioned, tmp_path):
+    import numpy as np
+
+    from index.cli import index_main, shards_main
+
+    manifest = captioned / "local" / "clips.parquet"
+    for engine in ("local", "ray"):
+        assert index_main([str(manifest), "-o", str(tmp_path / f"idx_{engine}"), "--engine", engine,
+                           "--workers", "2"]) == 0
+        assert shards_main([str(manifest), "-o", str(tmp_path / f"shards_{engine}"), "--index",
+                            str(tmp_path / f"idx_{engine}"), "--engine", engine, "--workers", "2"]) == 0
+    a, b = tmp_path / "idx_local", tmp_path / "idx_ray"
+    same_rows(read_manifest(a / "clips.parquet"), read_manifest(b / "clips.parquet"))
+    for name in ("visual.npy", "text.npy"):
+        assert np.array_equal(np.load(a / name), np.load(b / name)), name
+    a, b = tmp_path / "shards_local", tmp_path / "shards_ray"
+    tars = sorted(p.name for p in a.glob("*.tar"))
+    assert tars and tars == sorted(p.name for p in b.glob("*.tar"))
+    for name in tars:  # same samples, same rows; the clips hold the same frames
+        sa, sb = _members(a / name), _members(b / name)
+        assert list(sa) == list(sb), name
+        for member in sa:
+            if member.endswith(".json"):
+                assert sa[member] == sb[member], member
+            else:
+                fa, fb = _frames(sa[member]), _frames(sb[member])
+                assert fa.shape == fb.shape and np.abs(fa.astype(int) - fb.astype(int)).mean() < 1.0, member
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "index.parquet"), pd.read_parquet(b / "index.parquet"))
+
+
+def _members(tar_path: Path) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def _frames(mp4: bytes):
+    import io
+
+    from index.video import iter_frames
+
+    import numpy as np
+    return np.stack([f.image for f in iter_frames(io.BytesIO(mp4))])
