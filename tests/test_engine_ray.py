@@ -213,7 +213,9 @@ def test_index_and_shards_on_ray_equal_local(captioned, tmp_path):
                 assert sa[member] == sb[member], member
             else:
                 fa, fb = _frames(sa[member]), _frames(sb[member])
-                assert fa.shape == fb.shape and np.abs(fa.astype(int) - fb.astype(int)).mean() < 1.0, member
+                # libx264 output can drift by a grey level or two between runs (seen: 1.4); a clip shifted by one
+                # frame differs by 4 or more on these videos
+                assert fa.shape == fb.shape and np.abs(fa.astype(int) - fb.astype(int)).mean() < 2.5, member
     pd.testing.assert_frame_equal(pd.read_parquet(a / "index.parquet"), pd.read_parquet(b / "index.parquet"))
 
 

@@ -134,7 +134,9 @@ def assert_same_shard(a: Path, b: Path) -> None:
         else:
             fa = np.stack([f.image for f in iter_frames(io.BytesIO(data))]).astype(int)
             fb = np.stack([f.image for f in iter_frames(io.BytesIO(mb[name]))]).astype(int)
-            assert fa.shape == fb.shape and np.abs(fa - fb).mean() < 1.0, name
+            # libx264 output can drift by a grey level or two between runs (seen: 1.4); a clip shifted by one
+            # frame differs by 4 or more on these videos
+            assert fa.shape == fb.shape and np.abs(fa - fb).mean() < 2.5, name
 
 
 # ---------------------------------------------------------------- the uninterrupted run
