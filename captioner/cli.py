@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from index.engine import EngineError, add_engine_args, options_from_args
-from index.manifest import ManifestError, read_manifest, write_failed, write_manifest
+from index.manifest import ManifestError, read_manifest, run_cli, write_failed, write_manifest
 
 from .backends import BACKENDS, make_backend
 from .frames import FramePolicy
@@ -126,12 +126,7 @@ def with_processor(captioner: Captioner):
 
 
 def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except OSError as e:  # a full disk or an unwritable folder: what was finished stays on disk
-        where = f": {e.filename}" if e.filename else ""
-        print(f"caption-videos: error: cannot write the output ({e.strerror or e}){where}", file=sys.stderr)
-        return 2
+    return run_cli("caption-videos", _main, argv)
 
 
 def _main(argv=None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -109,6 +110,17 @@ def export_manifest(df: pd.DataFrame, path) -> Path:
     if path.suffix == ".csv":
         return atomic_write_text(path, df.to_csv(index=False))
     raise ManifestError(f"{path}: export to .jsonl or .csv")
+
+
+def run_cli(prog: str, main, argv=None) -> int:
+    """Run a stage's main; a full disk or an unwritable folder (OSError while writing our output) is one
+    error line and exit status 2, and what was finished stays on disk for the re-run."""
+    try:
+        return main(argv)
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{prog}: error: cannot write the output ({e.strerror or e}){where}", file=sys.stderr)
+        return 2
 
 
 # ---------------------------------------------------------------- failures

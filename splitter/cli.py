@@ -7,7 +7,7 @@ import json
 import sys
 
 from index.engine import EngineError, add_engine_args, options_from_args
-from index.manifest import ManifestError
+from index.manifest import ManifestError, run_cli
 
 from .detectors import DEFAULT_DETECTOR, DETECTORS
 
@@ -31,12 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except OSError as e:  # a full disk or an unwritable folder: what was finished stays on disk
-        where = f": {e.filename}" if e.filename else ""
-        print(f"split-videos: error: cannot write the output ({e.strerror or e}){where}", file=sys.stderr)
-        return 2
+    return run_cli("split-videos", _main, argv)
 
 
 def _main(argv=None) -> int:
