@@ -7,7 +7,6 @@ from a local folder's config.json, or guessed from the id.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,10 +95,9 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants
+    from index.hub import offline
 
-    env = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    return env.strip().lower() in {"1", "true", "yes", "on"} or bool(constants.HF_HUB_OFFLINE)
+    return offline()
 
 
 def ensure_available(spec: ModelSpec) -> None:

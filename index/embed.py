@@ -15,10 +15,11 @@ The text embedder is sentence-transformers; its offline default is the all-MiniL
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .hub import offline
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -131,7 +132,7 @@ class HFImageEmbedder(VisualEmbedder):
         self.num_frames = int(num_frames)
         self.batch_size = int(batch_size)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kw = {"trust_remote_code": trust_remote_code, "local_files_only": offline()}
+        kw = {"trust_remote_code": trust_remote_code, "local_files_only": _local_only(self.model_id)}
         with _model_errors(self.model_id):
             self.processor = AutoImageProcessor.from_pretrained(self.model_id, **kw)
             self.model = AutoModel.from_pretrained(self.model_id, **kw).to(self.device).eval()
@@ -173,8 +174,9 @@ class HFImageEmbedder(VisualEmbedder):
         return {**super().describe(), "model": self.model_id}
 
 
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+def _local_only(model_id: str) -> bool:
+    """A hub id with no way to reach the hub: read the local cache only (at once, no retries)."""
+    return not Path(model_id).exists() and offline()
 
 
 class _model_errors:
@@ -191,7 +193,7 @@ class _model_errors:
             return False
         if Path(self.model_id).exists():
             raise ValueError(f"{self.model_id}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
-        hint = " (HF_HUB_OFFLINE is set)" if offline() else ""
+        hint = " (offline: HF_HUB_OFFLINE is set or the hub is unreachable)" if offline() else ""
         raise ValueError(f"model {self.model_id!r} is not in the Hugging Face cache{hint}; download it with "
                          f"`huggingface-cli download {self.model_id}` or pass a local folder") from None
 
@@ -229,7 +231,8 @@ class TextEmbedder:
         self.model_id = str(model or default_text_model())
         self.batch_size = batch_size
         with _model_errors(self.model_id):
-            self.model = SentenceTransformer(self.model_id, device=device or "cpu", local_files_only=offline())
+            self.model = SentenceTransformer(self.model_id, device=device or "cpu",
+                                             local_files_only=_local_only(self.model_id))
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 
