@@ -190,13 +190,19 @@ class PartStore:
     def keys(self) -> set[str]:
         return {p.name.split(".")[0] for p in self.dir.glob("*.parquet")}
 
-    def merge(self, sort_by=("video_path", "start_frame")) -> tuple[pd.DataFrame, list[dict]]:
-        frames = [pd.read_parquet(p) for p in sorted(self.dir.glob("*.parquet"))]
+    def merge(self, sort_by=("video_path", "start_frame"), keys=None) -> tuple[pd.DataFrame, list[dict]]:
+        """All parts as one sorted frame, and the failure records; with `keys`, only those units'
+        (the other parts stay on disk, so a unit that comes back is not redone)."""
+        def wanted(p: Path) -> bool:
+            return keys is None or p.name.split(".")[0] in keys
+
+        frames = [pd.read_parquet(p) for p in sorted(self.dir.glob("*.parquet")) if wanted(p)]
         frames = [f for f in frames if len(f)]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(CORE_COLUMNS))
-        keys = [c for c in sort_by if c in df.columns]
-        if keys and len(df):
-            df = df.sort_values(list(keys), kind="stable").reset_index(drop=True)
-        fails = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.dir.glob("*.failed.json"))]
+        order = [c for c in sort_by if c in df.columns]
+        if order and len(df):
+            df = df.sort_values(order, kind="stable").reset_index(drop=True)
+        fails = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.dir.glob("*.failed.json"))
+                 if wanted(p)]
         fails.sort(key=lambda r: (r["path"], r["reason"]))
         return df, fails

@@ -4,6 +4,10 @@ Each video is one unit of `index.manifest.PartStore` (key: content hash + relati
 by the main process when its worker returns, so a kill at any moment loses at most the videos in flight
 and a re-run gives the same manifest as an uninterrupted run. Workers are spawned processes that load
 the detector once. Bad input becomes a failure record; it never stops the run.
+
+The manifest describes RAW_DIR as it is at each run: a file whose content changed is split again and its
+old clips and failure leave the manifest, as do a deleted file's (their parts stay under OUT_DIR/.parts
+and are reused if that content comes back).
 """
 
 from __future__ import annotations
@@ -129,15 +133,18 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
     videos = find_videos(raw, exclude=out)
     todo: list[Task] = []
     skipped = 0
+    current: set[str] = set()  # the units of RAW_DIR as it is now: the manifest holds these only
     for path, rel in videos:
         try:
             sha = file_sha256(path)
         except OSError as e:
             key = unit_key("unreadable", rel)
+            current.add(key)
             if not store.done(key):
                 store.fail(key, str(path), f"cannot read file ({e.strerror or e})")
             continue
         task = Task(str(path), rel, sha, unit_key(sha, rel))
+        current.add(task.key)
         if store.done(task.key):
             skipped += 1
         else:
@@ -165,7 +172,7 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
         else:
             _run_pool(todo, workers, args, record)
 
-    df, failures = store.merge()
+    df, failures = store.merge(keys=current)  # not a changed file's old clips, nor a deleted file's
     if not len(df):
         df = pd.DataFrame(columns=list(CORE_COLUMNS))
     write_manifest(df, out / CLIPS_NAME)

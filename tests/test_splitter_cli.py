@@ -84,3 +84,30 @@ def test_two_workers_give_the_same_manifest(first_run, tmp_path):
     b = read_manifest(tmp_path / "w2" / "clips.parquet")
     pd.testing.assert_frame_equal(a, b)
     assert json.loads((tmp_path / "w2" / ".parts" / STAGE / "config.json").read_text())["detector"] == "transnetv2"
+
+
+def test_manifest_follows_raw_dir_when_a_file_changes_or_goes(sample_videos, tmp_path, capsys):
+    src, _ = sample_videos
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    good = sorted(src.glob("*.mp4"))
+    (raw / "a.mp4").write_bytes(good[0].read_bytes()[:4000])  # a broken download
+    shutil.copy(good[1], raw / "b.mp4")
+    assert main([str(raw), "-o", str(out), "--no-progress"]) == 0
+    assert [f["path"] for f in read_failed(out)] == [str(raw / "a.mp4")]
+    b_rows = len(read_manifest(out / "clips.parquet"))
+
+    shutil.copy(good[0], raw / "a.mp4")  # downloaded again, whole
+    assert main([str(raw), "-o", str(out), "--no-progress"]) == 0
+    df = read_manifest(out / "clips.parquet")
+    assert read_failed(out) == [] and set(df.video_path) == {str(raw / "a.mp4"), str(raw / "b.mp4")}
+
+    shutil.copy(good[1], raw / "a.mp4")  # replaced by other content: only the new content's clips remain
+    (raw / "b.mp4").unlink()
+    assert main([str(raw), "-o", str(out), "--no-progress"]) == 0
+    df = read_manifest(out / "clips.parquet")
+    assert set(df.video_path) == {str(raw / "a.mp4")} and len(df) == b_rows and df["clip_id"].is_unique
+    capsys.readouterr()
+    shutil.copy(good[1], raw / "b.mp4")  # back again: its part is reused, not split again
+    assert main([str(raw), "-o", str(out), "--no-progress"]) == 0
+    assert "split now 0, already done 2" in capsys.readouterr().err
