@@ -216,28 +216,39 @@ def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = Non
                     return
 
 
-def read_many(src, requests: dict, size: tuple[int, int] | None = None, drop_missing: bool = False) -> dict:
-    """One sequential decode serving many clips: {key: [frame indices]} -> {key: (T, H, W, 3) uint8}.
-
-    A request for frames past the end of the video raises VideoError, or with `drop_missing` is left out
-    of the result (the other clips of the source are still served)."""
+def iter_many(src, requests: dict, size: tuple[int, int] | None = None) -> Iterator[tuple]:
+    """One sequential decode serving many clips: {key: [frame indices]} -> (key, (T, H, W, 3) uint8) pairs,
+    each yielded as soon as the decode has passed its last frame, so a caller can use the first clips while
+    the decode goes on and holds only the clips in flight. A request for frames past the end of the video
+    is never yielded; an empty request is yielded first, as an empty array."""
     wanted: dict[int, list[tuple]] = {}
     for key, idxs in requests.items():
+        if not len(idxs):
+            yield key, np.zeros((0, 0, 0, 3), np.uint8)
         for pos, i in enumerate(idxs):
             wanted.setdefault(int(i), []).append((key, pos))
     if not wanted:
-        return {k: np.zeros((0, 0, 0, 3), np.uint8) for k in requests}
-    last = max(wanted)
-    out: dict = {k: [None] * len(v) for k, v in requests.items()}
-    seen = 0
-    for fr in iter_frames(src, size=size, stop=last + 1, want=wanted):
-        seen = fr.index + 1
-        for key, pos in wanted.get(fr.index, ()):
+        return
+    out = {k: [None] * len(v) for k, v in requests.items() if len(v)}
+    left = {k: len(v) for k, v in out.items()}
+    for fr in iter_frames(src, size=size, stop=max(wanted) + 1, want=wanted):
+        for key, pos in wanted[fr.index]:
             out[key][pos] = fr.image
-    if seen <= last and not drop_missing:
+            left[key] -= 1
+            if not left[key]:
+                yield key, np.stack(out.pop(key))
+
+
+def read_many(src, requests: dict, size: tuple[int, int] | None = None, drop_missing: bool = False) -> dict:
+    """`iter_many` gathered: {key: [frame indices]} -> {key: (T, H, W, 3) uint8}.
+
+    A request for frames past the end of the video raises VideoError, or with `drop_missing` is left out
+    of the result (the other clips of the source are still served)."""
+    got = dict(iter_many(src, requests, size=size))
+    if len(got) < len(requests) and not drop_missing:
+        last = max(max(int(i) for i in v) for k, v in requests.items() if k not in got)
         raise VideoError(f"frame {last} requested but the video ends before it")
-    return {k: np.stack(v) if v else np.zeros((0, 0, 0, 3), np.uint8) for k, v in out.items()
-            if all(img is not None for img in v)}
+    return got
 
 
 def read_frames(src, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:

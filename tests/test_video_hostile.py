@@ -83,3 +83,18 @@ def test_one_scaler_per_pass_gives_the_pixels_of_per_frame_reformat(corpus, name
     with av.open(str(d / name)) as c:
         theirs = [f.reformat(width=w, height=h, format="rgb24").to_ndarray() for f in c.decode(video=0)]
     assert len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_iter_many_hands_each_clip_on_when_the_decode_passes_it(corpus):
+    from index.video import iter_many, read_frames, read_many
+
+    path = corpus[0] / "vfr.mkv"
+    n = sum(1 for _ in iter_frames(path))
+    requests = {"late": [n - 3, n - 1], "early": [0, 2, 2], "empty": [], "gone": [1, n + 5], "mid": [4, 5]}
+    got = list(iter_many(path, requests))
+    assert [k for k, _ in got] == ["empty", "early", "mid", "late"]  # "gone" runs past the end: never yielded
+    for key, arr in got[1:]:
+        np.testing.assert_array_equal(arr, read_frames(path, requests[key]))
+    with pytest.raises(VideoError, match=f"frame {n + 5} requested"):
+        read_many(path, requests)
+    assert set(read_many(path, requests, drop_missing=True)) == {"late", "early", "empty", "mid"}
