@@ -1,17 +1,19 @@
 """Frame sampling policy: which frames of each clip the model sees, decoded once per source video.
 
-All clips of one source are served by one sequential decode (`index.video.read_many`), resized inside the
-decoder to the size the backend wants. Uniform `num_frames` per clip, or a fixed `sample_fps` (capped at
-`max_frames`); the backend rounds the count to what the model accepts (Qwen: whole temporal patches).
+All clips of one source are served by one sequential decode (`index.video.iter_many`), resized inside the
+decoder to the size the backend wants, and handed on as soon as the decode has passed them. Uniform
+`num_frames` per clip, or a fixed `sample_fps` (capped at `max_frames`); the backend rounds the count to
+what the model accepts (Qwen: whole temporal patches).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
-from index.video import read_many, sample_indices
+from index.video import iter_many, sample_indices
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,19 @@ def frame_times(row: dict, indices: list[int]) -> list[float]:
     return [round(float(row["start_sec"]) + (i - int(row["start_frame"])) / fps, 3) for i in indices]
 
 
-def load_clip_frames(video_path: str, rows: list[dict], policy: FramePolicy, frame_size=None,
-                     frame_count=lambda n: n) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """{clip_id: (frames (T, H, W, 3) uint8, absolute indices)} from one sequential decode of the source.
-    A clip whose frames lie past the end of the video is left out (the caller records it)."""
+def iter_clip_frames(video_path: str, rows: list[dict], policy: FramePolicy, frame_size=None,
+                     frame_count=lambda n: n) -> Iterator[tuple[str, tuple[np.ndarray, list[int]]]]:
+    """(clip_id, (frames (T, H, W, 3) uint8, absolute indices)) for each clip as soon as one sequential decode
+    of the source has passed it. A clip whose frames lie past the end of the video is not yielded."""
     if not rows:
-        return {}
+        return
     wanted = {r["clip_id"]: policy.indices(r, frame_count) for r in rows}
     size = frame_size(int(rows[0]["width"]), int(rows[0]["height"])) if frame_size else None
-    arrays = read_many(video_path, wanted, size=size, drop_missing=True)
-    return {cid: (arrays[cid], wanted[cid]) for cid in wanted if cid in arrays}
+    for cid, arr in iter_many(video_path, wanted, size=size):
+        yield cid, (arr, wanted[cid])
+
+
+def load_clip_frames(video_path: str, rows: list[dict], policy: FramePolicy, frame_size=None,
+                     frame_count=lambda n: n) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """`iter_clip_frames` gathered into {clip_id: (frames, indices)}: every clip of the source in memory."""
+    return dict(iter_clip_frames(video_path, rows, policy, frame_size, frame_count))

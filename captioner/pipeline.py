@@ -1,15 +1,18 @@
 """Caption a clips manifest: one unit = one source video's clips, resumable with `index.manifest.PartStore`.
 
-For each source: decode the sampled frames of all its clips in one pass, render the prompt per clip, generate
-in batches, check every caption, retry the failed ones once, flag what still fails, write the unit's part.
+For each source: decode the sampled frames of its clips in one pass, handing them on in chunks of a few batches
+(so a long film never holds all its clips' frames), render the prompt per clip, generate in batches, check
+every caption, retry the failed ones once, flag what still fails, write the unit's part.
 Clips that already carry a caption by the same model and prompt are passed through untouched.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import pandas as pd
 
@@ -19,7 +22,7 @@ from index.video import VideoError
 
 from .backends.base import Backend, GenerateOptions, Request
 from .checks import check_caption
-from .frames import FramePolicy, frame_times, load_clip_frames
+from .frames import FramePolicy, frame_times, iter_clip_frames, load_clip_frames
 from .prompts import Prompt, clip_values
 
 CAPTION_COLUMNS = ("caption", "caption_model", "prompt_id", "caption_tokens", "caption_flags", "caption_retries",
@@ -57,10 +60,14 @@ def _already(row: dict, model_id: str, prompt_id: str) -> bool:
 
 def decode_unit(captioner: "Captioner", unit: tuple) -> tuple:
     """The CPU half of a unit, run as a Ray task ahead of the model actors: (unit, frames or failure reason).
-    `captioner` needs the backend's processor only (`frame_size`, `frame_count`), not the model."""
+    `captioner` needs the backend's processor only (`frame_size`, `frame_count`), not the model. A source with
+    more clips than one chunk is left to the actor (frames None), which streams it chunk by chunk."""
     _, path, rows = unit
+    todo = captioner.todo(rows)
+    if len(todo) > captioner.chunk_clips:
+        return unit, None
     try:
-        return unit, load_clip_frames(path, captioner.todo(rows), captioner.policy, captioner.backend.frame_size,
+        return unit, load_clip_frames(path, todo, captioner.policy, captioner.backend.frame_size,
                                       captioner.backend.frame_count)
     except VideoError as e:
         return unit, str(e)
@@ -86,8 +93,10 @@ class Captioner:
     """Holds the backend and options; `run(df, out_dir)` captions a manifest resumably."""
 
     def __init__(self, backend: Backend, prompt: Prompt, policy: FramePolicy | None = None,
-                 max_new_tokens: int = 256, two_pass=None):
+                 max_new_tokens: int = 256, two_pass=None, chunk_clips: int | None = None):
         self.backend = backend
+        # clips whose frames are held at once: a long film streams through in chunks of whole batches
+        self.chunk_clips = int(chunk_clips or 4 * backend.batch_size)
         self.prompt = prompt
         self.policy = policy or FramePolicy()
         self.max_new_tokens = int(max_new_tokens)
@@ -149,14 +158,13 @@ class Captioner:
         todo = [r for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)]
         empty = {r["clip_id"] for r in todo if int(r["end_frame"]) <= int(r["start_frame"])}
         todo = [r for r in todo if r["clip_id"] not in empty]
-        if frames is None:
-            t0 = time.perf_counter()
-            frames = load_clip_frames(video_path, todo, self.policy, self.backend.frame_size,
-                                      self.backend.frame_count)
-            self.backend.stats["decode_s"] += time.perf_counter() - t0
-        unreadable = [r["clip_id"] for r in todo if r["clip_id"] not in frames]
-        todo = [r for r in todo if r["clip_id"] in frames]
-        captions = self.caption_requests(self.requests(todo, frames)) if todo else {}
+        captions, times = {}, {}
+        for chunk in ([frames] if frames is not None else self._chunks(video_path, todo)):
+            rows_in = [r for r in todo if r["clip_id"] in chunk]  # the manifest's order, whatever the decode's
+            if rows_in:
+                captions.update(self.caption_requests(self.requests(rows_in, chunk)))
+            times.update({r["clip_id"]: frame_times(r, chunk[r["clip_id"]][1]) for r in rows_in})
+        unreadable = [r["clip_id"] for r in todo if r["clip_id"] not in times]
         out = []
         for row in rows:
             row = dict(row)
@@ -164,12 +172,23 @@ class Captioner:
                 continue
             if row["clip_id"] in captions:
                 row.update(captions[row["clip_id"]], caption_model=self.model_id, prompt_id=self.prompt.prompt_id,
-                           frame_times=frame_times(row, frames[row["clip_id"]][1]))
+                           frame_times=times[row["clip_id"]])
             elif row["clip_id"] in empty:  # nothing to show the model: recorded, never captioned
                 row.update(caption=None, caption_model=self.model_id, prompt_id=self.prompt.prompt_id,
                            caption_tokens=0, caption_flags="no_frames", caption_retries=0, frame_times=[])
             out.append(row)
         return pd.DataFrame(out), unreadable
+
+    def _chunks(self, video_path: str, todo: list[dict]) -> Iterator[dict]:
+        """{clip_id: (frames, indices)} for at most `chunk_clips` clips at a time, from one decode of the source."""
+        clips = iter_clip_frames(video_path, todo, self.policy, self.backend.frame_size, self.backend.frame_count)
+        while True:
+            t0 = time.perf_counter()
+            chunk = dict(itertools.islice(clips, self.chunk_clips))
+            self.backend.stats["decode_s"] += time.perf_counter() - t0
+            if not chunk:
+                return
+            yield chunk
 
     # ------------------------------------------------------------ a manifest
     def run(self, df: pd.DataFrame, out_dir, progress=None, engine: EngineOptions | None = None,

@@ -199,3 +199,45 @@ def test_subset_rerun_and_empty_clip(synth_manifest, tiny_qwen25, tmp_path):
     got = read_manifest(tmp_path / "out2" / "clips.parquet").set_index("clip_id")
     assert got.loc["0" * 20, "caption_flags"] == "no_frames" and pd.isna(got.loc["0" * 20, "caption"])
     assert got.drop(index="0" * 20)["caption"].map(lambda c: isinstance(c, str)).all()
+
+
+def test_a_source_with_many_clips_streams_through_in_chunks(sample_videos, tiny_qwen25, tmp_path):
+    """Never more than `chunk_clips` clips' frames at once, and the same captions as holding them all."""
+    from captioner.backends import make_backend
+    from captioner.frames import FramePolicy
+    from captioner.models import resolve_model
+    from captioner.pipeline import Captioner, caption_one, decode_unit
+    from captioner.prompts import load_prompt
+
+    folder, _ = sample_videos
+    path = sorted(folder.glob("*.mp4"))[0]
+    rows = manifest_from_ranges({path: [(a, a + 12) for a in range(0, 120, 12)]}, tmp_path / "m.parquet")
+    rows = rows.to_dict("records")
+    rows.append(dict(rows[-1], clip_id="past-the-end", start_frame=10_000, end_frame=10_012))
+    backend = make_backend("transformers", resolve_model(str(tiny_qwen25)), batch_size=2, device="cpu").load()
+    sizes = []
+
+    class Counting(Captioner):
+        def caption_requests(self, reqs):
+            sizes.append(len(reqs))
+            return super().caption_requests(reqs)
+
+    def captioner(chunk):
+        return Counting(backend, load_prompt("detailed"), FramePolicy(4), max_new_tokens=6, chunk_clips=chunk)
+
+    def run(chunk):
+        return captioner(chunk).caption_unit(str(path), rows)
+
+    streamed, unreadable = run(4)
+    assert sizes == [4, 4, 2] and unreadable == ["past-the-end"]
+    sizes.clear()
+    whole, unreadable = run(100)
+    assert sizes == [10] and unreadable == ["past-the-end"]
+    assert list(streamed["clip_id"]) == list(whole["clip_id"]) == [r["clip_id"] for r in rows[:10]]
+    assert list(streamed["caption"]) == list(whole["caption"])
+    assert list(map(list, streamed["frame_times"])) == list(map(list, whole["frame_times"]))
+    # on Ray, such a source is not decoded ahead in a CPU task but streamed inside the model actor
+    unit = ("key", str(path), rows)
+    assert decode_unit(captioner(4), unit) == (unit, None)
+    status, (part, unreadable), _ = caption_one(captioner(4), decode_unit(captioner(4), unit))
+    assert status == "ok" and unreadable == ["past-the-end"] and list(part["caption"]) == list(whole["caption"])
