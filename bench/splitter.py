@@ -2,7 +2,7 @@
 with its library defaults (`scenedetect.detect(path, AdaptiveDetector())`, its own OpenCV decode) in the
 same run.
 
-    python bench/splitter.py [--synthetic 6] [--seconds 12] [--realdata .realdata] [--detectors ...]
+    python bench/splitter.py [--synthetic 6] [--seconds 12] [--size 320x180] [--realdata .realdata] [--detectors ...]
 
 Ground truth: synthetic videos from `index.synth` (hard cuts, fades, dissolves, fast motion with no cut;
 exact frames) and the real clips of ../shared/realdata (fetched with its fetch.sh; cuts in cuts.json).
@@ -66,7 +66,7 @@ def f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 
 def dataset(args, tmp: Path) -> list[tuple[str, Path, list[tuple[str, float]]]]:
     items = []
-    truths = synth.make_sample_videos(tmp, count=args.synthetic, seconds=args.seconds, size=(320, 180))
+    truths = synth.make_sample_videos(tmp, count=args.synthetic, seconds=args.seconds, size=args.size)
     for name, truth in sorted(truths.items()):
         items.append(("synthetic", tmp / name, truth.boundaries()))
     real = Path(args.realdata)
@@ -93,6 +93,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--synthetic", type=int, default=6, help="number of synthetic videos")
     ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--size", default="320x180", type=lambda v: tuple(int(x) for x in v.split("x")),
+                    help="synthetic video size WxH (1280x720: HD sources, where decoding weighs more)")
     ap.add_argument("--realdata", default=str(ROOT / ".realdata"))
     ap.add_argument("--detectors", nargs="*", default=["transnetv2", "transnetv2:precision=fp32",
                                                        *[d for d in DETECTORS if d != "transnetv2"]],
@@ -141,7 +143,7 @@ def main(argv=None) -> None:
     load1 = os.getloadavg()
     n_syn = sum(1 for k, *_ in items if k == "synthetic")
     n_real = len(items) - n_syn
-    print(f"\n{n_syn} synthetic videos ({args.seconds:g} s, 320x180, cuts/fades/dissolves/fast motion) + "
+    print(f"\n{n_syn} synthetic videos ({args.seconds:g} s, {args.size[0]}x{args.size[1]}, cuts/fades/dissolves/fast motion) + "
           f"{n_real} real clips; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
           f"load average {load0[0]:.1f} -> {load1[0]:.1f}\n")
     print("| detector | F1 synthetic | F1 real | P / R / F1 all | wall s | ratio vs baseline | model load s |")
