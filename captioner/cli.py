@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from index.engine import EngineError, add_engine_args, options_from_args
-from index.manifest import ManifestError, read_manifest, run_cli, write_failed, write_manifest
+from index.manifest import ManifestError, add_retry_arg, read_manifest, run_cli, write_failed, write_manifest
 
 from .backends import BACKENDS, make_backend
 from .frames import FramePolicy
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sec", type=float, default=None, help="longest clip when INPUT is a folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--workers", type=int, default=1, help="with --engine ray: model actors (default 1)")
+    add_retry_arg(p)
     add_engine_args(p)
     return p
 
@@ -137,7 +138,7 @@ def _main(argv=None) -> int:
         prompt = load_prompt(args.prompt)
         policy = FramePolicy(num_frames=args.num_frames, sample_fps=args.sample_fps, max_frames=args.max_frames)
         split_options = dict(detector=args.detector, min_sec=args.min_sec, max_sec=args.max_sec,
-                             progress=not args.quiet)
+                             progress=not args.quiet, retry_failed=args.retry_failed)
         df, split_failures = load_input(Path(args.input), out_dir, split_options)
     except (ModelError, PromptError, ManifestError, ValueError) as e:
         print(f"caption-videos: error: {e}", file=sys.stderr)
@@ -161,7 +162,8 @@ def _main(argv=None) -> int:
         if bar is not None:
             bar.start()
         merged, failures, summary = captioner.run(df, out_dir, progress=advance, engine=engine,
-                                                  make_worker=make_worker, prepare=prepare)
+                                                  make_worker=make_worker, prepare=prepare,
+                                                  retry_failed=args.retry_failed)
     except (ManifestError, EngineError) as e:  # e.g. the folder holds a run made with other options
         print(f"caption-videos: error: {e}", file=sys.stderr)
         return 2

@@ -192,11 +192,11 @@ class Captioner:
 
     # ------------------------------------------------------------ a manifest
     def run(self, df: pd.DataFrame, out_dir, progress=None, engine: EngineOptions | None = None,
-            make_worker=None, prepare=None) -> tuple[pd.DataFrame, list[dict], Summary]:
+            make_worker=None, prepare=None, retry_failed: bool = False) -> tuple[pd.DataFrame, list[dict], Summary]:
         """Caption every unit not done yet. With `engine.engine == "ray"`, `make_worker()` (picklable) builds
         the captioner in each Ray actor (`caption_one` runs there), `prepare` (`decode_unit`) decodes frames in
         separate CPU tasks, and the parts are written here as locally."""
-        store = PartStore(out_dir, stage_name(self.model_id, self.prompt.prompt_id), self.config())
+        store = PartStore(out_dir, stage_name(self.model_id, self.prompt.prompt_id), self.config(), retry_failed)
         summary = Summary(clips=len(df))
         t_start = time.perf_counter()
         tokens_before = self.backend.stats["output_tokens"]

@@ -27,7 +27,7 @@ from . import faiss_index
 from .embed import TextEmbedder, frame_hash, make_visual_embedder
 from .engine import EngineOptions, add_engine_args, options_from_args, run_units
 from .manifest import ManifestError, PartStore, atomic_write_bytes, atomic_write_text, read_manifest
-from .manifest import write_failed, write_manifest
+from .manifest import add_retry_arg, write_failed, write_manifest
 from .record import file_sha256
 from .shards import remove_stale_temps
 from .video import VideoError, iter_frames, sample_indices
@@ -66,11 +66,12 @@ def read_clips(path, requests: dict, size) -> tuple[dict, int]:
 
 
 def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, progress=None,
-                   engine: EngineOptions | None = None, make_worker=None) -> None:
-    """Embed every clip, one part per source video (one decode each); finished parts are skipped.
+                   engine: EngineOptions | None = None, make_worker=None, retry_failed: bool = False) -> None:
+    """Embed every clip, one part per source video (one decode each); finished parts are skipped (and failed
+    sources too, unless `retry_failed`).
     With `engine.engine == "ray"`, `make_worker()` builds the embedders once per Ray actor."""
     config = {"visual": visual.describe(), "text": text.describe()}
-    store = PartStore(index_dir, STAGE, config=config)
+    store = PartStore(index_dir, STAGE, config=config, retry_failed=retry_failed)
     units = []
     for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True):
         ids = ",".join(sorted(rows["clip_id"].astype(str)))
@@ -155,7 +156,8 @@ def _refresh_captions(store: PartStore, key: str, rows: pd.DataFrame, text) -> N
 
 def build_index(manifest_path, index_dir, image_model=None, text_model=None, num_frames: int = 8,
                 threshold: float = dd.DEFAULT_THRESHOLD, method: str = "auto", index_kind: str = "auto",
-                trust_remote_code: bool = False, progress=None, engine: EngineOptions | None = None) -> dict:
+                trust_remote_code: bool = False, progress=None, engine: EngineOptions | None = None,
+                retry_failed: bool = False) -> dict:
     """index-clips as a function: embed, update the FAISS indexes, dedup everything indexed. Returns index.json."""
     manifest_path, index_dir = Path(manifest_path), Path(index_dir)
     df = read_manifest(manifest_path)
@@ -167,7 +169,7 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
     try:
         make_worker = functools.partial(_actor_embedder, image_model, text_model, num_frames, trust_remote_code,
                                         batch)
-        embed_manifest(df, index_dir, visual, text, batch, progress, engine, make_worker)
+        embed_manifest(df, index_dir, visual, text, batch, progress, engine, make_worker, retry_failed)
         return _finish_index(manifest_path, index_dir, visual, text, batches, threshold, method, index_kind)
     except BaseException:
         remove_stale_temps(index_dir)  # an interrupted atomic write leaves nothing behind
@@ -243,6 +245,7 @@ def index_main(argv=None) -> int:
     ap.add_argument("--index-kind", choices=["auto", "flat", "ivf"], default="auto")
     ap.add_argument("--trust-remote-code", action="store_true")
     ap.add_argument("--workers", type=int, default=1, help="with --engine ray: embedding actors (default 1)")
+    add_retry_arg(ap)
     add_engine_args(ap)
     args = ap.parse_args(argv)
     from rich.console import Console
@@ -254,7 +257,8 @@ def index_main(argv=None) -> int:
             task = bar.add_task("embedding clips", total=total)
             meta = build_index(args.manifest, args.out, args.image_model, args.text_model, args.frames,
                                args.threshold, args.method, args.index_kind, args.trust_remote_code,
-                               progress=lambda n: bar.advance(task, n), engine=options_from_args(args))
+                               progress=lambda n: bar.advance(task, n), engine=options_from_args(args),
+                               retry_failed=args.retry_failed)
     except (ManifestError, ValueError, OSError) as e:
         return _error(e)
     d = meta["dedup"]

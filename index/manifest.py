@@ -130,6 +130,13 @@ def failure(path, stage: str, reason: str) -> dict:
     return {"path": str(path), "stage": stage, "reason": reason}
 
 
+def add_retry_arg(parser) -> None:
+    """`--retry-failed` for a stage command whose re-runs skip failed units."""
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="try the units recorded in failed.jsonl again (a crash or a file being copied; "
+                             "a re-run skips them otherwise)")
+
+
 def write_failed(out_dir, failures: list[dict]) -> Path:
     lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures)
     return atomic_write_text(Path(out_dir) / FAILED_NAME, lines)
@@ -148,13 +155,15 @@ class PartStore:
     """One part file per finished unit under OUT_DIR/.parts/STAGE/.
 
     `key` must be filesystem-safe (a hex hash). `config` (options that change the output) is stored
-    on first use; a re-run with different options is refused instead of mixing outputs.
+    on first use; a re-run with different options is refused instead of mixing outputs. A failed unit
+    counts as done (a re-run does not try it again) unless `retry_failed`.
     """
 
-    def __init__(self, out_dir, stage: str, config: dict | None = None):
+    def __init__(self, out_dir, stage: str, config: dict | None = None, retry_failed: bool = False):
         self.dir = Path(out_dir) / ".parts" / stage
         self.dir.mkdir(parents=True, exist_ok=True)
         self.stage = stage
+        self.retry_failed = retry_failed
         if config is not None:
             cfg_path = self.dir / "config.json"
             text = json.dumps(config, sort_keys=True, default=str)
@@ -173,7 +182,7 @@ class PartStore:
         return self.dir / f"{key}.failed.json"
 
     def done(self, key: str) -> bool:
-        return self._part(key).exists() or self._fail(key).exists()
+        return self._part(key).exists() or (not self.retry_failed and self._fail(key).exists())
 
     def write(self, key: str, df: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)

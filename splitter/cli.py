@@ -7,7 +7,7 @@ import json
 import sys
 
 from index.engine import EngineError, add_engine_args, options_from_args
-from index.manifest import ManifestError, run_cli
+from index.manifest import ManifestError, add_retry_arg, run_cli
 
 from .detectors import DEFAULT_DETECTOR, DETECTORS
 
@@ -26,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trim-frames", type=int, default=1, help="frames dropped at each shot edge (default 1)")
     p.add_argument("--cut", action="store_true", help="also write each clip as OUT_DIR/clips/CLIP_ID.mp4")
     p.add_argument("--no-progress", action="store_true")
+    add_retry_arg(p)
     add_engine_args(p)
     return p.parse_args(argv)
 
@@ -49,7 +50,8 @@ def _main(argv=None) -> int:
         df, failures = split_videos(args.raw_dir, args.out, detector=args.detector, workers=args.workers,
                                     min_sec=args.min_sec, max_sec=args.max_sec, trim_frames=args.trim_frames,
                                     cut=args.cut, detector_options=options, progress=not args.no_progress,
-                                    summary=summary, engine=options_from_args(args))
+                                    summary=summary, engine=options_from_args(args),
+                                    retry_failed=args.retry_failed)
     except (ValueError, ManifestError, EngineError) as e:
         console.print(f"split-videos: error: {e}", markup=False)
         return 2

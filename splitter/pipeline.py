@@ -110,11 +110,13 @@ def process_video(task: Task, detector: str, options: dict, policy: ClipPolicy,
 def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: int = 1,
                  min_sec: float = 2.0, max_sec: float = 20.0, trim_frames: int = 1, cut: bool = False,
                  detector_options: dict | None = None, progress: bool = True,
-                 summary: dict | None = None, engine=None) -> tuple[pd.DataFrame, list[dict]]:
+                 summary: dict | None = None, engine=None,
+                 retry_failed: bool = False) -> tuple[pd.DataFrame, list[dict]]:
     """Split every video under raw_dir; returns the merged manifest and the failure records.
 
-    Re-running on the same folders finishes missing videos only. `summary`, when given, is filled with
-    counts (videos, processed, skipped, clips, hours, failures) for a caller's report. `engine`: an
+    Re-running on the same folders finishes missing videos only (and failed ones with `retry_failed`).
+    `summary`, when given, is filled with counts (videos, processed, skipped, clips, hours, failures) for a
+    caller's report. `engine`: an
     `index.engine.EngineOptions`; with `engine="ray"` the videos go to Ray actors (parts are still
     written here, so resume rules and the manifest are the local ones).
     """
@@ -127,7 +129,7 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
     policy = ClipPolicy(float(min_sec), float(max_sec or 0), int(trim_frames))
     out = Path(out_dir)
     config = {"detector": detector, "detector_options": options, **policy.to_dict(), "cut": bool(cut)}
-    store = PartStore(out, STAGE, config=config)
+    store = PartStore(out, STAGE, config=config, retry_failed=retry_failed)
     clips_dir = str((out / "clips").absolute()) if cut else None
 
     videos = find_videos(raw, exclude=out)

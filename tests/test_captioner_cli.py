@@ -13,7 +13,7 @@ from captioner.cli import main
 from captioner.pipeline import stage_name
 from captioner.testing import build_tiny_model
 from index import Clip, file_sha256, probe, read_manifest, write_manifest
-from index.manifest import read_failed
+from index.manifest import PartStore, read_failed
 
 FAST = ["--num-frames", "4", "--max-new-tokens", "8", "--batch-size", "4", "--quiet"]
 
@@ -83,6 +83,16 @@ def test_rerun_and_kill_resume_lose_and_duplicate_nothing(synth_manifest, tiny_q
     assert _run(manifest, out, tiny_qwen25) == 0  # nothing left to do
     assert "already done" in capsys.readouterr().err
     pd.testing.assert_frame_equal(read_manifest(out / "clips.parquet"), first)
+    # a unit that failed for a passing reason is skipped by a re-run, and redone with --retry-failed
+    store = PartStore(out, stage_name(str(tiny_qwen25), "detailed"))
+    video = str(pd.read_parquet(parts[1])["video_path"].iloc[0])
+    parts[1].unlink()
+    store.fail(parts[1].name.split(".")[0], video, "worker process died")
+    assert _run(manifest, out, tiny_qwen25) == 0
+    assert len(read_manifest(out / "clips.parquet")) < len(first) and read_failed(out)
+    assert _run(manifest, out, tiny_qwen25, "--retry-failed") == 0
+    pd.testing.assert_frame_equal(read_manifest(out / "clips.parquet"), first)
+    assert read_failed(out) == []
     # other sampling options in the same folder would mix outputs: refused with a clear error
     assert main([str(manifest), "-o", str(out), "--model", str(tiny_qwen25), "--quiet", "--num-frames", "6",
                  "--max-new-tokens", "8"]) == 2

@@ -89,6 +89,16 @@ def test_parts_merge_sorted_and_resume_after_partial_run(tmp_path):
     assert json.loads((tmp_path / "failed.jsonl").read_text().splitlines()[0])["reason"] == "zero-byte file"
 
 
+def test_a_failed_unit_is_done_unless_retried(tmp_path):
+    PartStore(tmp_path, "split").fail("cc", "raw/c.mp4", "worker process died")
+    assert PartStore(tmp_path, "split").done("cc")
+    retry = PartStore(tmp_path, "split", retry_failed=True)
+    assert not retry.done("cc")
+    retry.write("cc", pd.DataFrame([c.to_dict() for c in _clips(1, sha="cc" * 32, path="raw/c.mp4")]))
+    df, fails = retry.merge()
+    assert fails == [] and list(df.video_path) == ["raw/c.mp4"] and retry.done("cc")
+
+
 def test_parts_refuse_other_options(tmp_path):
     PartStore(tmp_path, "split", config={"min_sec": 2})
     with pytest.raises(ManifestError, match="min_sec"):

@@ -111,3 +111,22 @@ def test_manifest_follows_raw_dir_when_a_file_changes_or_goes(sample_videos, tmp
     shutil.copy(good[1], raw / "b.mp4")  # back again: its part is reused, not split again
     assert main([str(raw), "-o", str(out), "--no-progress"]) == 0
     assert "split now 0, already done 2" in capsys.readouterr().err
+
+
+def test_retry_failed_redoes_a_video_that_failed_for_a_passing_reason(sample_videos, tmp_path, capsys):
+    from index.manifest import PartStore
+
+    src, _ = sample_videos
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    shutil.copy(sorted(src.glob("*.mp4"))[0], raw / "a.mp4")
+    args = [str(raw), "-o", str(out), "--no-progress", "--detector", "content"]
+    assert main(args) == 0
+    first = read_manifest(out / "clips.parquet")
+    part = next((out / ".parts" / STAGE).glob("*.parquet"))  # as if its worker had been killed by the OOM killer
+    part.unlink()
+    PartStore(out, STAGE).fail(part.name.split(".")[0], str(raw / "a.mp4"), "worker process died")
+    assert main(args) == 1  # skipped: a re-run does not try failures again by itself
+    assert [f["reason"] for f in read_failed(out)] == ["worker process died"]
+    assert main([*args, "--retry-failed"]) == 0
+    assert read_failed(out) == [] and read_manifest(out / "clips.parquet").equals(first)
