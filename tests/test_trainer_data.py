@@ -131,3 +131,11 @@ def test_reads_the_shards_that_build_shards_writes(tmp_path, squares):
     blue = (sample["video"][2] > 0.3) & (sample["video"][0] < -0.3)  # (T, H, W)
     xs = [np.nonzero(m.any(0).numpy())[0].mean() for m in blue]
     assert xs[-1] > xs[0] + 10  # moving right: the shard holds the clip's own frames
+
+
+@pytest.mark.parametrize("clips,batch,world", [(3, 4, 2), (3, 4, 4), (5, 2, 4)])
+def test_fewer_batches_than_processes_still_gives_each_process_one(clips, batch, world):
+    shapes = [(16, 64, 64)] * clips
+    per = [list(BucketSampler(shapes, [(8, 64, 64)], batch, rank=r, world_size=world)) for r in range(world)]
+    assert all(len(p) == len(per[0]) >= 1 for p in per)
+    assert {i for p in per for b in p for i, _ in b} == set(range(clips))

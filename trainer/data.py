@@ -214,8 +214,10 @@ class BucketSampler(torch.utils.data.Sampler):
                     for k in range(0, len(idx), self.batch_size)]
         if self.shuffle:
             out = [out[j] for j in g.permutation(len(out))]
-        while len(out) % self.world_size:  # every process gets the same number of batches
-            out.append(out[len(out) % self.world_size])
+        n = len(out)
+        while len(out) % self.world_size:  # every process gets the same number of batches: a rank repeats
+            k = len(out) % self.world_size  # one of its own (shares stay disjoint), or, with fewer batches
+            out.append(out[k if k < n else (len(out) - n) % n])  # than processes, another's
         return out[self.rank::self.world_size]
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
