@@ -26,9 +26,10 @@ import pandas as pd
 DEFAULT_THRESHOLD = 0.90
 EXACT_MAX = 20_000
 
-KEEP_RULE = ("earliest indexed batch (a dataset already indexed keeps its clips), then the longest clip, "
-             "then the highest resolution, then a caption without check flags, then the longest caption, "
-             "then the smallest clip_id")
+KEEP_RULE = ("a clip with a caption (build-shards drops uncaptioned clips, so a group never loses all its "
+             "clips that way), then the earliest indexed batch (a dataset already indexed keeps its clips), then "
+             "the longest clip, then the highest resolution, then a caption without check flags, then the "
+             "longest caption, then the smallest clip_id")
 
 
 @dataclass
@@ -167,7 +168,7 @@ def _keep_order(df: pd.DataFrame) -> pd.DataFrame:
     flags = df["caption_flags"].fillna("").astype(str) if "caption_flags" in df else pd.Series("", index=df.index)
     batch = df["batch"] if "batch" in df else pd.Series(0, index=df.index)
     return pd.DataFrame({
-        "batch": batch.astype(int), "dur": -dur.fillna(0), "pixels": -(df["width"] * df["height"]).astype(float),
+        "uncaptioned": (caption.str.strip() == "").astype(int), "batch": batch.astype(int), "dur": -dur.fillna(0), "pixels": -(df["width"] * df["height"]).astype(float),
         "flagged": ((caption.str.strip() == "") | (flags.str.strip() != "")).astype(int),
         "caption_len": -caption.str.len(), "clip_id": df["clip_id"].astype(str),
     }, index=df.index)
@@ -198,8 +199,8 @@ def assign_groups(df: pd.DataFrame, i: np.ndarray, j: np.ndarray, exact_key: pd.
         first_id = g.groupby("label")["clip_id"].min().sort_values(kind="stable")
         gid = pd.Series(np.arange(len(first_id)), index=first_id.index)
         dup_group[grouped] = gid.loc[g["label"]].to_numpy()
-        best = g.sort_values(["label", "batch", "dur", "pixels", "flagged", "caption_len", "clip_id"],
-                             kind="stable").groupby("label").head(1).index
+        order = ["label", "uncaptioned", "batch", "dur", "pixels", "flagged", "caption_len", "clip_id"]
+        best = g.sort_values(order, kind="stable").groupby("label").head(1).index
         keep[grouped] = False
         keep[best.to_numpy()] = True
     return dup_group, keep

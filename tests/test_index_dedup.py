@@ -97,6 +97,13 @@ def test_keep_rule_longest_then_resolution_then_caption_then_batch_first():
     assert keep2.tolist() == [True, False, False, True]  # flagged caption loses; no caption loses
 
 
+def test_a_captioned_clip_beats_a_longer_or_earlier_uncaptioned_one():
+    # build-shards drops uncaptioned clips: keeping one would leave its group with nothing in the shards
+    df = _rows(num_frames=[80, 64, 50, 50], caption=[None, "a caption", "  ", "later"], batch=[0, 0, 0, 1])
+    _, keep = assign_groups(df, np.array([0, 2]), np.array([1, 3]))
+    assert keep.tolist() == [False, True, False, True]
+
+
 def test_exact_key_groups_identical_clips_and_singletons_get_minus_one():
     df = _rows(num_frames=[50, 50, 50, 40])
     group, keep = assign_groups(df, np.array([], int), np.array([], int), exact_key=["h1", "h2", "h1", "h3"])
