@@ -240,6 +240,11 @@ def _list_shards(out_dir: Path) -> dict[str, list[tarfile.TarInfo]]:
     return out
 
 
+def _json_members(tar_path: Path, members: list[tarfile.TarInfo]) -> list[bytes]:
+    with tarfile.open(tar_path) as tar:
+        return [tar.extractfile(m).read() for m in members if m.name.endswith(".json")]
+
+
 def plan_shards(df: pd.DataFrame, sizes: dict, shard_size: int) -> pd.DataFrame:
     """Fixed order (bucket, key); a shard closes before it would pass shard_size (>= 1 sample)."""
     df = df.sort_values(["bucket", "key"], kind="stable").reset_index(drop=True)
@@ -282,22 +287,26 @@ def _build(df, out_dir: Path, index_dir, dedup: bool, shard_size: int, fmt: str,
     in_tar = {m.name[:-4]: (name, m) for name, members in existing.items() for m in members
               if m.name.endswith(".mp4")}
     staged = lambda k: (staging / f"{k}.mp4").exists()  # noqa: E731
-    _stage(df[[not staged(k) and k not in in_tar for k in df["key"]]], staging, report, progress, engine)
-    df = df[[staged(k) or k in in_tar for k in df["key"]]]
+    mask = lambda f: np.fromiter((f(k) for k in df["key"]), bool, len(df))  # noqa: E731  (also when empty)
+    _stage(df[mask(lambda k: not staged(k) and k not in in_tar)], staging, report, progress, engine)
+    df = df[mask(lambda k: staged(k) or k in in_tar)]
     if fmt == "opensora-csv":
         _write_opensora(df, staging, out_dir)
     else:
         sizes = {k: (staging / f"{k}.mp4").stat().st_size if staged(k) else in_tar[k][1].size for k in df["key"]}
         df = plan_shards(df, sizes, shard_size)
         groups = {shard: rows for shard, rows in df.groupby("shard", sort=True)}
-        todo = [s for s, rows in groups.items()  # a shard is complete or absent: keep it if its members match
-                if [m.name for m in existing.get(s, [])] != [f"{k}.{e}" for k in rows["key"] for e in ("mp4", "json")]]
-        _unpack([k for s in todo for k in groups[s]["key"] if not staged(k)], in_tar, out_dir, staging)
         columns = [c for c in df.columns if c not in ("key", "bucket", "shard")]
+        meta = {s: [{**{c: r[c] for c in columns}, "bucket": r["bucket"]} for _, r in rows.iterrows()]
+                for s, rows in groups.items()}
+        # a shard is complete or absent: keep it if it holds these clips with this metadata, else rewrite it
+        todo = [s for s, rows in groups.items()
+                if [m.name for m in existing.get(s, [])] != [f"{k}.{e}" for k in rows["key"] for e in ("mp4", "json")]
+                or _json_members(out_dir / s, existing[s]) != [row_json(m) for m in meta[s]]]
+        _unpack([k for s in todo for k in groups[s]["key"] if not staged(k)], in_tar, out_dir, staging)
         for shard in todo:
-            rows = groups[shard]
-            write_shard(out_dir / shard, [(k, {**{c: r[c] for c in columns}, "bucket": r["bucket"]},
-                                           staging / f"{k}.mp4") for k, (_, r) in zip(rows["key"], rows.iterrows())])
+            keys = groups[shard]["key"]
+            write_shard(out_dir / shard, [(k, m, staging / f"{k}.mp4") for k, m in zip(keys, meta[shard])])
         report.shards = sorted(groups)
         for stale in set(existing) - set(groups):  # shards of an earlier plan (other inputs or size)
             (out_dir / stale).unlink()

@@ -101,6 +101,24 @@ def test_same_inputs_give_identical_shards_and_a_rerun_resumes(data, tmp_path):
         shutil.copytree(moved, data["folder"])
 
 
+def test_a_rerun_with_new_captions_rewrites_the_shards_metadata(data, tmp_path):
+    df = read_manifest(data["manifest"])
+    build_shards(df, tmp_path / "s", dedup=False)
+    df["caption"] = [f"recaptioned {k}" for k in range(len(df))]
+    build_shards(df, tmp_path / "s", dedup=False)
+    samples = list(wds.WebDataset(sorted(glob.glob(str(tmp_path / "s" / "*.tar"))), shardshuffle=False))
+    in_tars = {s["__key__"]: json.loads(s["json"])["caption"] for s in samples}
+    first = df.drop_duplicates("clip_id")  # one sample per clip id: the first row's
+    assert in_tars == dict(zip(first["clip_id"], first["caption"]))
+
+
+def test_nothing_left_to_shard_is_a_clean_outcome(data, tmp_path):
+    df = read_manifest(data["manifest"]).assign(caption=None)
+    rep = build_shards(df, tmp_path / "s", dedup=False)
+    assert rep.samples == 0 and len(read_failed(tmp_path / "s")) == len(df)
+    assert not list((tmp_path / "s").glob("*.tar")) and (tmp_path / "s" / "index.parquet").exists()
+
+
 def test_bad_rows_are_recorded_and_the_rest_goes_on(data, tmp_path):
     src = tmp_path / "changed.mp4"
     shutil.copy(data["folder"] / "original.mp4", src)
