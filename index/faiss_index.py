@@ -8,6 +8,7 @@ Indexes only grow: adding a manifest appends rows, so existing ids never move.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,8 @@ class VectorIndex:
         if index.ntotal != len(clip_ids):
             raise ValueError(f"index holds {index.ntotal} vectors but the id map {len(clip_ids)}")
         self.index, self.params, self.clip_ids = index, params, list(clip_ids)
+        self.digest = ""  # of the vectors it holds, as saved (see `update`)
+        self._direct = False
         self._row: dict[str, int] = {}
         for i, c in enumerate(self.clip_ids):
             self._row.setdefault(c, i)  # the same clip indexed twice (a copied file): first row wins
@@ -89,6 +92,9 @@ class VectorIndex:
         return self._row[clip_id]
 
     def vector(self, clip_id: str) -> np.ndarray:
+        if self.params.kind == "ivf" and not self._direct:
+            self.index.make_direct_map()  # an IVF index reconstructs rows only through a direct map
+            self._direct = True
         return self.index.reconstruct(self.row(clip_id))
 
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
@@ -112,7 +118,8 @@ class VectorIndex:
         atomic_write_bytes(folder / f"{name}.faiss", buf.tobytes())
         ids = pd.DataFrame({"row": np.arange(len(self.clip_ids)), "clip_id": self.clip_ids})
         atomic_write_bytes(folder / f"{name}.ids.parquet", ids.to_parquet(index=False))
-        meta = {**asdict(self.params), "ntotal": int(self.index.ntotal), "faiss_version": faiss.__version__}
+        meta = {**asdict(self.params), "ntotal": int(self.index.ntotal), "faiss_version": faiss.__version__,
+                "vectors_sha1": self.digest}
         atomic_write_text(folder / f"{name}.json", json.dumps(meta, indent=2))
 
     @classmethod
@@ -127,24 +134,34 @@ class VectorIndex:
         if params.kind == "ivf":
             index.nprobe = params.nprobe
         ids = pd.read_parquet(folder / f"{name}.ids.parquet").sort_values("row")["clip_id"].tolist()
-        return cls(index, params, ids)
+        vi = cls(index, params, ids)
+        vi.digest = meta.get("vectors_sha1", "")
+        return vi
+
+
+def _digest(vectors: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(vectors, dtype=np.float32).tobytes()).hexdigest()
 
 
 def update(folder, name: str, vectors: np.ndarray, clip_ids: list[str], kind: str = "auto") -> VectorIndex:
-    """Bring the saved index up to date with all rows: append the new tail, or rebuild when the existing
-    rows differ from the saved id map or the size calls for another kind."""
+    """Bring the saved index up to date with all rows: append the new tail, or rebuild when the saved rows
+    differ (other ids, or other vectors: captions embedded anew), the size calls for another kind, or the
+    saved files do not agree with each other (a kill between their writes)."""
     clip_ids = list(clip_ids)
     try:
         old = VectorIndex.load(folder, name)
-    except FileNotFoundError:
+    except Exception:  # missing or inconsistent: the vectors passed in are the truth, so rebuild
         old = None
     want = choose_params(len(clip_ids), vectors.shape[1] if vectors.ndim == 2 else 0, kind).kind
+    n = len(old.clip_ids) if old is not None else 0
     if (old is not None and old.params.kind == want and old.params.dim == vectors.shape[1]
-            and old.clip_ids == clip_ids[:len(old.clip_ids)]):
-        if len(old.clip_ids) < len(clip_ids):
-            old.add(vectors[len(old.clip_ids):], clip_ids[len(old.clip_ids):])
+            and old.clip_ids == clip_ids[:n] and old.digest == _digest(vectors[:n])):
+        if n < len(clip_ids):
+            old.add(vectors[n:], clip_ids[n:])
+            old.digest = _digest(vectors)
             old.save(folder, name)
         return old
     vi = VectorIndex.create(vectors, clip_ids, kind)
+    vi.digest = _digest(vectors)
     vi.save(folder, name)
     return vi

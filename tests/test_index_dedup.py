@@ -143,3 +143,20 @@ def test_faiss_index_kind_by_size_save_load_and_append(tmp_path):
     assert back.params.kind == "ivf" and back.index.nprobe == back.params.nprobe
     q, rows, s = back.range_search(x[:5], 0.99)
     assert set(range(5)) <= set(rows[q == rows].tolist())
+    np.testing.assert_allclose(back.vector("id42"), x[42], atol=1e-6)  # search-clips --like on an IVF index
+
+
+def test_faiss_update_rebuilds_on_new_vectors_or_a_half_written_save(tmp_path):
+    x, _ = planted(300, 16, groups=10)
+    ids = [f"id{k}" for k in range(300)]
+    faiss_index.update(tmp_path, "t", x[:200], ids[:200])
+    y = x[::-1].copy()  # the same clip ids, embedded anew (captions changed)
+    vi = faiss_index.update(tmp_path, "t", y, ids)
+    np.testing.assert_allclose(faiss_index.VectorIndex.load(tmp_path, "t").vector("id7"), y[7], atol=1e-6)
+    # killed between writing the index and its id map: the next update rebuilds instead of failing for good
+    vi.save(tmp_path, "t")
+    pd.DataFrame({"row": range(100), "clip_id": ids[:100]}).to_parquet(tmp_path / "t.ids.parquet")  # an old map
+    with pytest.raises(ValueError):
+        faiss_index.VectorIndex.load(tmp_path, "t")
+    assert faiss_index.update(tmp_path, "t", y, ids).index.ntotal == 300
+    assert faiss_index.VectorIndex.load(tmp_path, "t").clip_ids == ids
