@@ -2,7 +2,8 @@
 
 Per shot: trim `trim_frames` at each edge (a detector that is one frame late leaves no flash of the
 neighbouring shot), drop what is shorter than `min_sec`, and cut what is longer than `max_sec` into
-the fewest near-equal chunks (by PTS, so VFR files chunk by time) that each fit. Transition frames
+the fewest near-equal chunks (by PTS, so VFR files chunk by time) that each fit (or, when no chunks fit
+both limits, centred windows of `max_sec`: see `chunk`). Transition frames
 never reach a clip: they lie between shots already.
 """
 
@@ -36,24 +37,49 @@ class ClipPolicy:
         return asdict(self)
 
 
-def chunk(start: int, end: int, decoded: Decoded, max_sec: float | None) -> list[tuple[int, int]]:
-    """[start, end) split into the fewest near-equal (in time) pieces no longer than max_sec."""
+def chunk(start: int, end: int, decoded: Decoded, max_sec: float | None,
+          min_sec: float = 0.0) -> list[tuple[int, int]]:
+    """[start, end) split into the fewest near-equal (in time) pieces no longer than max_sec.
+
+    When no such split has pieces of at least min_sec (max_sec < 2 * min_sec and a shot between them,
+    say 3.5 s for 2..3 s), the shot is split into as many min_sec-long slots as fit and each slot keeps a
+    max_sec window at its centre: some frames are left out rather than the whole shot."""
     t0, t1 = decoded.end_time(start), decoded.end_time(end)
     dur = t1 - t0
     if not max_sec or dur <= max_sec + 1e-9:
         return [(start, end)]
     k = max(2, math.ceil(dur / max_sec - 1e-9))
+    if min_sec and dur / k < min_sec - 1e-9:
+        slots = _near_equal(start, end, decoded, max(1, math.floor(dur / min_sec + 1e-9)))
+        return [_centre(a, b, decoded, max_sec) for a, b in slots]
     while k <= end - start:
-        cuts = [start]
-        for j in range(1, k):
-            f = int(np.searchsorted(decoded.pts, t0 + j * dur / k, side="left"))
-            cuts.append(min(max(f, cuts[-1] + 1), end - (k - j)))
-        cuts.append(end)
-        pieces = list(zip(cuts[:-1], cuts[1:]))
+        pieces = _near_equal(start, end, decoded, k)
         if all(decoded.end_time(b) - decoded.end_time(a) <= max_sec + 1e-6 for a, b in pieces):
             return pieces
         k += 1
     return [(f, f + 1) for f in range(start, end)]  # pathological timestamps: one frame each
+
+
+def _near_equal(start: int, end: int, decoded: Decoded, k: int) -> list[tuple[int, int]]:
+    """[start, end) cut into k pieces of near-equal duration (by PTS), each at least one frame."""
+    t0 = decoded.end_time(start)
+    dur = decoded.end_time(end) - t0
+    cuts = [start]
+    for j in range(1, k):
+        f = int(np.searchsorted(decoded.pts, t0 + j * dur / k, side="left"))
+        cuts.append(min(max(f, cuts[-1] + 1), end - (k - j)))
+    cuts.append(end)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _centre(a: int, b: int, decoded: Decoded, max_sec: float) -> tuple[int, int]:
+    """The longest run of [a, b) centred in time whose duration is at most max_sec."""
+    ta, tb = decoded.end_time(a), decoded.end_time(b)
+    if tb - ta <= max_sec + 1e-6:
+        return a, b
+    s = max(a, int(np.searchsorted(decoded.pts, (ta + tb - max_sec) / 2 - 1e-6, side="left")))
+    e = int(np.searchsorted(decoded.pts, decoded.end_time(s) + max_sec + 1e-6, side="right")) - 1
+    return s, min(max(e, s + 1), b)
 
 
 def shots_to_clips(shots: list[Shot], decoded: Decoded, video_path: str, video_sha256: str,
@@ -63,7 +89,7 @@ def shots_to_clips(shots: list[Shot], decoded: Decoded, video_path: str, video_s
         a, b = shot.start_frame + policy.trim_frames, shot.end_frame - policy.trim_frames
         if b <= a:
             continue
-        for s, e in chunk(a, b, decoded, policy.max_sec):
+        for s, e in chunk(a, b, decoded, policy.max_sec, policy.min_sec):
             t0, t1 = decoded.end_time(s), decoded.end_time(e)
             if t1 - t0 + 1e-6 < policy.min_sec:
                 continue

@@ -42,6 +42,15 @@ def test_long_shots_are_cut_into_near_equal_chunks_not_truncated():
     assert all(a.end_frame == b.start_frame for a, b in zip(clips, clips[1:]))
 
 
+@pytest.mark.parametrize("frames,want", [(88, [(7, 82)]), (100, [(0, 50), (50, 100)]), (140, [(0, 70), (70, 140)])])
+def test_a_shot_no_split_fits_keeps_centred_max_length_windows(frames, want):
+    # min 2 s, max 3 s: a 3.52 s shot cannot be cut into pieces of 2..3 s; one centred 3 s window is kept
+    d = cfr(frames)
+    clips = shots_to_clips([shot(d, 0, frames)], d, "v.mp4", "ef" * 32, ClipPolicy(2.0, 3.0, 0))
+    assert [(c.start_frame, c.end_frame) for c in clips] == want
+    assert all(2.0 - 1e-6 <= c.end_sec - c.start_sec <= 3.0 + 1e-6 for c in clips)
+
+
 def test_vfr_chunks_by_time():
     # 10 s at 50 fps then 10 s at 5 fps: halves by time, not by frame count
     pts = np.concatenate([np.arange(500) / 50, 10 + np.arange(50) / 5])
