@@ -33,7 +33,7 @@ import pandas as pd
 from .dedup import load_dedup
 from .manifest import atomic_write_bytes, atomic_write_text, failure, write_failed
 from .record import file_sha256
-from .video import VideoError, cut_clips
+from .video import VideoError, clip_rate, cut_clips
 
 STAGE = "shards"
 RES_BUCKETS = ((144, "144p"), (240, "240p"), (360, "360p"), (480, "480p"), (720, "720p"), (1080, "1080p"),
@@ -206,7 +206,8 @@ def stage_source(staging: Path, unit: tuple) -> str | None:
         return "video changed since splitting (sha256 mismatch)"
     try:
         cut_clips(path, list(zip(rows["start_frame"], rows["end_frame"])), dsts,
-                  fps=float(rows["fps"].iloc[0]) or None)
+                  fps=[clip_rate(int(r.end_frame) - int(r.start_frame), float(r.start_sec), float(r.end_sec),
+                                 float(r.fps)) for r in rows.itertuples()])
     except VideoError as e:  # the input's fault; an OSError writing our output stops the run
         return str(e)
     except ValueError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import secrets
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -284,7 +285,9 @@ class _ClipEncoder:
     def __init__(self, dst, fps: float, width: int, height: int, crf: int = 18):
         self.buffer = io.BytesIO() if dst is None else None
         self.dst = None if dst is None else Path(dst)
-        self.tmp = None if dst is None else self.dst.with_name(f".{self.dst.name}.tmp")
+        # a name of its own: two copies of one video cut by two workers write the same clip path
+        unique = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp = None if dst is None else self.dst.with_name(f".{self.dst.name}.{unique}.tmp")
         self.container = av.open(self.buffer if dst is None else str(self.tmp), "w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -327,9 +330,17 @@ def write_video(path, frames: Iterable[np.ndarray] | np.ndarray, fps: float) -> 
     return data if path is None else Path(path)
 
 
+def clip_rate(num_frames: int, start_sec: float, end_sec: float, fps: float) -> float:
+    """The rate a cut clip is encoded at: the source's `fps`, or, for a range of a variable-frame-rate file
+    whose own average differs by more than 0.5 %, that average, so the clip lasts as long as its range."""
+    own = num_frames / (end_sec - start_sec) if end_sec > start_sec else 0.0
+    return own if own > 0 and (fps <= 0 or abs(own - fps) > 0.005 * fps) else fps
+
+
 def cut_clips(src, ranges: Sequence[tuple[int, int]], dst_paths: Sequence | None = None,
-              fps: float | None = None, size: tuple[int, int] | None = None) -> list:
-    """Re-encode each [start_frame, end_frame) range as its own mp4 in one sequential decode.
+              fps: float | Sequence[float] | None = None, size: tuple[int, int] | None = None) -> list:
+    """Re-encode each [start_frame, end_frame) range as its own mp4 in one sequential decode, at `fps`
+    (one rate, or one per range: see `clip_rate`).
 
     Returns the paths (or the mp4 bytes when `dst_paths` is None), in the order of `ranges`.
     """
@@ -338,6 +349,7 @@ def cut_clips(src, ranges: Sequence[tuple[int, int]], dst_paths: Sequence | None
         return []
     if fps is None:
         fps = probe(src).fps if not isinstance(src, io.IOBase) else 25.0
+    rates = [float(r) for r in fps] if isinstance(fps, (list, tuple, np.ndarray)) else [float(fps)] * len(ranges)
     dsts = list(dst_paths) if dst_paths is not None else [None] * len(ranges)
     encoders: dict[int, _ClipEncoder] = {}
     results: list = [None] * len(ranges)
@@ -346,7 +358,7 @@ def cut_clips(src, ranges: Sequence[tuple[int, int]], dst_paths: Sequence | None
         for k, (a, b) in enumerate(ranges):
             if a <= fr.index < b:
                 if k not in encoders:
-                    encoders[k] = _ClipEncoder(dsts[k], fps, fr.image.shape[1], fr.image.shape[0])
+                    encoders[k] = _ClipEncoder(dsts[k], rates[k], fr.image.shape[1], fr.image.shape[0])
                 encoders[k].add(fr.image)
                 if fr.index == b - 1:
                     data = encoders[k].close()

@@ -25,7 +25,7 @@ import pandas as pd
 
 from index.manifest import PartStore, write_failed, write_manifest
 from index.record import CORE_COLUMNS, file_sha256
-from index.video import VideoError, cut_clips
+from index.video import VideoError, clip_rate, cut_clips
 
 from .detectors import DEFAULT_DETECTOR, DETECTORS, detect_shots_decoded, make_detector
 from .policy import ClipPolicy, shots_to_clips
@@ -93,7 +93,8 @@ def process_video(task: Task, detector: str, options: dict, policy: ClipPolicy,
         if clips_dir is not None:
             dsts = [Path(clips_dir, f"{c.clip_id}.mp4") for c in clips]
             Path(clips_dir).mkdir(parents=True, exist_ok=True)
-            cut_clips(task.path, [(c.start_frame, c.end_frame) for c in clips], dsts, fps=decoded.fps)
+            cut_clips(task.path, [(c.start_frame, c.end_frame) for c in clips], dsts,
+                      fps=[clip_rate(c.num_frames, c.start_sec, c.end_sec, decoded.fps) for c in clips])
             for row, dst in zip(rows, dsts):
                 row["clip_path"] = str(dst)
         return "ok", rows
@@ -126,6 +127,7 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose one of: {', '.join(DETECTORS)}")
     options = dict(detector_options or {})
+    make_detector(detector, **options)  # bad options are a usage error here, not a failure of every video
     policy = ClipPolicy(float(min_sec), float(max_sec or 0), int(trim_frames))
     out = Path(out_dir)
     config = {"detector": detector, "detector_options": options, **policy.to_dict(), "cut": bool(cut)}
@@ -202,7 +204,11 @@ def _run_pool(todo, workers, args, record) -> None:
                 while pending or running:
                     while pending and len(running) < 2 * workers:
                         task = pending.pop()
-                        running[pool.submit(process_video, task, *args)] = task
+                        try:
+                            running[pool.submit(process_video, task, *args)] = task
+                        except BrokenProcessPool:  # the pool broke while we were recording: not lost
+                            pending.append(task)
+                            raise
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         result = fut.result()

@@ -130,3 +130,27 @@ def test_retry_failed_redoes_a_video_that_failed_for_a_passing_reason(sample_vid
     assert [f["reason"] for f in read_failed(out)] == ["worker process died"]
     assert main([*args, "--retry-failed"]) == 0
     assert read_failed(out) == [] and read_manifest(out / "clips.parquet").equals(first)
+
+
+def test_cut_clips_of_a_vfr_file_last_as_long_as_their_range(tmp_path):
+    from index import hostile
+    from index.video import probe
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    hostile.make_corpus(tmp_path / "corpus")
+    shutil.copy(tmp_path / "corpus" / "vfr.mkv", raw / "vfr.mkv")  # 25 fps, then 10 fps
+    df, failures = split_videos(raw, tmp_path / "out", detector="content", cut=True, progress=False,
+                                min_sec=0.5, max_sec=1.5, trim_frames=0)
+    assert failures == [] and len(df) > 2
+    for row in df.itertuples():
+        info = probe(row.clip_path)
+        assert info.duration == pytest.approx(row.end_sec - row.start_sec, abs=0.02), row
+
+
+def test_bad_detector_options_are_a_usage_error_and_leave_nothing(sample_videos, tmp_path, capsys):
+    raw, _ = sample_videos
+    args = [str(raw), "-o", str(tmp_path / "out"), "--detector", "content", "--no-progress"]
+    assert main([*args, "--detector-options", '{"treshold": 30}']) == 2
+    assert "treshold" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main([*args, "--detector-options", '{"threshold": 30}']) == 0  # the corrected run is not refused
