@@ -201,9 +201,10 @@ class Captioner:
         t_start = time.perf_counter()
         tokens_before = self.backend.stats["output_tokens"]
         remote = engine is not None and engine.engine == "ray"
-        units = []
+        units, current = [], set()
         for (path, sha), group in df.groupby(["video_path", "video_sha256"], sort=True):
             key = unit_key(path, sha)
+            current.add(key)
             rows = group.sort_values("start_frame").to_dict("records")
             if store.done(key):
                 summary.skipped += len(rows)
@@ -234,11 +235,10 @@ class Captioner:
         if units:
             run_units(units, make_worker, on_result, prepare=prepare, options=engine,
                       on_error=lambda unit, reason: on_result(unit, ("fail", reason)))
-        merged, failures = store.merge()
-        if len(merged):  # parts of videos no longer in the input stay on disk but not in this manifest
+        # parts and failures of sources no longer in the input (or since changed) stay on disk, not in the output
+        merged, failures = store.merge(keys=current)
+        if len(merged):
             merged = merged[merged["clip_id"].isin(set(df["clip_id"]))].reset_index(drop=True)
-        paths = set(df["video_path"].astype(str))
-        failures = [f for f in failures if f["path"] in paths]
         if "caption_flags" in merged.columns:
             summary.flagged = int((merged["caption_flags"].fillna("") != "").sum())
         summary.output_tokens = int(self.backend.stats["output_tokens"] - tokens_before)

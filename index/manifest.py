@@ -200,10 +200,12 @@ class PartStore:
         return {p.name.split(".")[0] for p in self.dir.glob("*.parquet")}
 
     def merge(self, sort_by=("video_path", "start_frame"), keys=None) -> tuple[pd.DataFrame, list[dict]]:
-        """All parts as one sorted frame, and the failure records; with `keys`, only those units'
-        (the other parts stay on disk, so a unit that comes back is not redone)."""
+        """All parts as one sorted frame, and the failure records; with `keys`, only those units' (a record
+        named KEY-SUFFIX, a failure of one item of a unit, belongs to unit KEY). The other parts stay on
+        disk, so a unit that comes back is not redone."""
         def wanted(p: Path) -> bool:
-            return keys is None or p.name.split(".")[0] in keys
+            stem = p.name.split(".")[0]
+            return keys is None or stem in keys or stem.rsplit("-", 1)[0] in keys
 
         frames = [pd.read_parquet(p) for p in sorted(self.dir.glob("*.parquet")) if wanted(p)]
         frames = [f for f in frames if len(f)]

@@ -4,6 +4,7 @@ resume after a kill, bad inputs, other model families, two-pass mode, raw-folder
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -123,6 +124,13 @@ def test_bad_video_goes_to_failed_jsonl(synth_manifest, tiny_qwen25, tmp_path):
     failed = read_failed(tmp_path / "out")
     assert [f["path"] for f in failed] == [str(broken)] and "zero-byte" in failed[0]["reason"]
     assert len(read_manifest(tmp_path / "out" / "clips.parquet")) == len(src)
+    # the file is downloaded again and re-split: its clips are captioned and the old failure is gone
+    shutil.copy(src["video_path"].iloc[0], broken)
+    fixed = manifest_from_ranges({broken: [(0, 20)]}, tmp_path / "fixed.parquet")
+    write_manifest(pd.concat([src, fixed], ignore_index=True), tmp_path / "fixed.parquet")
+    assert _run(tmp_path / "fixed.parquet", tmp_path / "out", tiny_qwen25) == 0
+    assert read_failed(tmp_path / "out") == []
+    assert len(read_manifest(tmp_path / "out" / "clips.parquet")) == len(src) + 1
 
 
 def test_usage_errors_are_one_line(synth_manifest, tmp_path, capsys, monkeypatch):
