@@ -39,13 +39,19 @@ class FakeLLM:
         self.pending = []
         self.rng = random.Random(seed)
         self.seen = {}
+        self.max_frames = 1000
 
     def get_tokenizer(self):
         return self.tokenizer
 
     def add_request(self, request_id, prompt, params):
+        if len(prompt["multi_modal_data"]["video"]) > self.max_frames:  # as vLLM refuses a too-long prompt
+            raise ValueError("The decoder prompt is longer than the maximum model length")
         self.pending.append((request_id, prompt, params))
         self.seen[request_id] = prompt
+
+    def abort_request(self, request_ids):
+        self.pending = [p for p in self.pending if p[0] not in set(request_ids)]
 
     def has_unfinished_requests(self):
         return bool(self.pending)
@@ -96,6 +102,28 @@ def test_vllm_unknown_output_id_is_an_error(tiny_qwen):
                            sampling_cls=dict).load()
     with pytest.raises(RuntimeError, match="unknown request"):
         backend.generate(_requests([2, 2]), GenerateOptions(max_new_tokens=8))
+
+
+def test_vllm_refused_request_is_that_clip_alone_and_an_error_leaves_the_engine_clean(tiny_qwen):
+    from transformers import AutoTokenizer
+
+    fake = FakeLLM(AutoTokenizer.from_pretrained(tiny_qwen))
+    fake.max_frames = 6
+    backend = make_backend("vllm", resolve_model(tiny_qwen), engine=fake, sampling_cls=dict).load()
+    reqs = _requests([2, 8, 4])
+    out = backend.generate(reqs, GenerateOptions(max_new_tokens=64))
+    assert out["clip01"].text == "" and out["clip00"].text.startswith("frames=2") and out["clip02"].text
+    assert not fake.has_unfinished_requests()
+
+    class Broken(FakeLLM):
+        def step(self):
+            raise RuntimeError("engine died")
+
+    broken = Broken(AutoTokenizer.from_pretrained(tiny_qwen))
+    backend = make_backend("vllm", resolve_model(tiny_qwen), engine=broken, sampling_cls=dict).load()
+    with pytest.raises(RuntimeError, match="engine died"):
+        backend.generate(reqs, GenerateOptions(max_new_tokens=64))
+    assert not broken.has_unfinished_requests()  # the next unit's call starts from an empty engine
 
 
 def test_transformers_batches_of_mixed_lengths_pair_like_single_requests(tiny_qwen):

@@ -5,10 +5,13 @@ carries its clip's id and every finished output is matched back by `output.reque
 
 from __future__ import annotations
 
+import logging
 import time
 
 from ..models import ModelError, ensure_available, missing_weights_message
 from .base import Backend, GenerateOptions, Output, Request, qwen_frame_size
+
+log = logging.getLogger(__name__)
 
 
 class VLLMBackend(Backend):
@@ -72,22 +75,30 @@ class VLLMBackend(Backend):
     def _generate(self, requests, options: GenerateOptions):
         params = self._sampling(options)
         engine = self.llm.llm_engine
-        sent = {}
+        sent, results = {}, {}
         t0 = time.perf_counter()
-        for r in requests:
-            engine.add_request(r.request_id, self._prompt(r), params)
-            sent[r.request_id] = r
-        t1 = time.perf_counter()
-        results: dict[str, Output] = {}
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if not out.finished:
+        try:
+            for r in requests:
+                try:
+                    engine.add_request(r.request_id, self._prompt(r), params)
+                except ValueError as e:  # refused (a prompt past max_model_len, say): this clip alone
+                    log.warning("vLLM refused %s: %s", r.request_id, " ".join(str(e).split())[:200])
+                    results[r.request_id] = Output(r.request_id, "", 0, hit_limit=False)  # flagged empty
                     continue
-                if out.request_id not in sent:
-                    raise RuntimeError(f"vLLM returned an output for unknown request {out.request_id}")
-                c = out.outputs[0]
-                results[out.request_id] = Output(out.request_id, c.text.strip(), len(c.token_ids),
-                                                 hit_limit=c.finish_reason == "length")
+                sent[r.request_id] = r
+            t1 = time.perf_counter()
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    if out.request_id not in sent:
+                        raise RuntimeError(f"vLLM returned an output for unknown request {out.request_id}")
+                    c = out.outputs[0]
+                    results[out.request_id] = Output(out.request_id, c.text.strip(), len(c.token_ids),
+                                                     hit_limit=c.finish_reason == "length")
+        except BaseException:  # leave the shared engine empty, or the next call would get these outputs
+            engine.abort_request([i for i in sent if i not in results])
+            raise
         self.stats["preprocess_s"] += t1 - t0
         self.stats["generate_s"] += time.perf_counter() - t1
         return results
