@@ -1,19 +1,21 @@
 """Caption checks: a caption is cleaned, then either accepted or given flags (retried once, then recorded).
 
 Flags: `empty`, `refusal`, `repetition`, `truncated` (stopped by the token budget), `too_short`.
-Boilerplate openers ("The video shows", "In this video, ") are stripped, not flagged.
+Chat preambles ("Sure! Here is a description of the video:") and boilerplate openers ("The video shows",
+"In this video, ") are stripped, not flagged.
 """
 
 from __future__ import annotations
 
 import re
 
-BOILERPLATE = re.compile(
-    r"^\s*(?:(?:sure|certainly|okay|of course)[,.!]?\s*"
-    r"(?:here(?:'s| is) (?:a|the) (?:detailed )?(?:description|caption)(?: of the video)?[:.]?\s*)?)?"
-    r"(?:(?:the|this) (?:video|clip|footage|scene|shot)(?: clip)? (?:shows|depicts|features|captures|presents|"
-    r"displays|begins with|opens with)|in (?:the|this) (?:video|clip|footage|scene|shot),?)\s*",
-    re.IGNORECASE)
+_CHAT = r"(?:sure|certainly|okay|of course)[,.!]\s*"  # with its punctuation: "Sure-footed goats" stays
+_HERE = (r"here(?:'s| is) (?:a|the) (?:\w+ ){0,2}(?:description|caption|summary)"
+         r"(?: of (?:the|this) (?:video|clip))?\s*[:.]\s*")
+_OPENER = (r"(?:(?:the|this) (?:video|clip|footage|scene|shot)(?: clip)? (?:shows|depicts|features|captures|"
+           r"presents|displays|begins with|opens with)|in (?:the|this) (?:video|clip|footage|scene|shot),?)"
+           r"\s*[:,-]?\s*")
+BOILERPLATE = re.compile(rf"^\s*(?:{_CHAT})?(?:{_HERE})?(?:{_OPENER})?", re.IGNORECASE)
 REFUSAL = re.compile(
     r"\b(?:i(?:'m| am) (?:sorry|unable|not able)|i can(?:not|'t) (?:help|assist|describe|provide|see|view)|"
     r"as an ai(?: language model)?|i do not have the ability|unable to (?:view|watch|process) (?:the )?video)",

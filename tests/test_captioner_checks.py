@@ -17,7 +17,9 @@ def test_good_caption_passes_unchanged():
 
 
 @pytest.mark.parametrize("opener", ["The video shows ", "This clip depicts ", "In this video, ",
-                                    "Sure, here is a detailed description of the video: The video shows "])
+                                    "Sure, here is a detailed description of the video: The video shows ",
+                                    "Sure, here is a description of the video: ", "Certainly! Here's a caption: ",
+                                    "The clip shows: ", "Okay. "])
 def test_boilerplate_openers_are_stripped(opener):
     text, flags = check_caption(opener + "a red square sliding to the right over a blue background.")
     assert text == "A red square sliding to the right over a blue background."
@@ -26,6 +28,8 @@ def test_boilerplate_openers_are_stripped(opener):
 
 def test_strip_keeps_text_without_opener():
     assert strip_boilerplate("  The   camera pans left.  ") == "The camera pans left."
+    assert strip_boilerplate("Sure-footed goats climb a cliff.") == "Sure-footed goats climb a cliff."
+    assert check_caption("The clip shows: a cat.") == ("A cat.", ["too_short"])
 
 
 @pytest.mark.parametrize("raw,flag", [
