@@ -29,9 +29,10 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def frame_hash(frames: np.ndarray) -> str:
-    """Exact-duplicate key: the sampled frames at 16x16 grey, quantised; equal for bit-identical content."""
+    """Exact-duplicate key: the sampled frames at 16x16 grey, to the grey level; equal for bit-identical
+    content. (Coarser levels made different dark or flat clips "identical", and dedup dropped them.)"""
     small = _area_resize(frames, 16).mean(axis=-1)
-    return hashlib.sha256((small / 16).astype(np.uint8).tobytes()).hexdigest()[:20]
+    return hashlib.sha256(np.round(small).astype(np.uint8).tobytes()).hexdigest()[:20]
 
 
 class VisualEmbedder:

@@ -50,6 +50,11 @@ def test_frame_hash_equal_for_identical_frames_only(tmp_path):
     b[:, :16] = 255 - b[:, :16]
     assert frame_hash(a) == frame_hash(a.copy())
     assert frame_hash(a) != frame_hash(b)
+    rng = np.random.default_rng(0)  # two different night scenes: no longer one "exact duplicate"
+    dark = (rng.random((8, 90, 160, 3)) * 14).astype(np.uint8)
+    faint = np.zeros((8, 90, 160, 3), np.uint8)
+    faint[:, 30:60, 40:120] = 12
+    assert frame_hash(dark) != frame_hash(faint)
 
 
 def test_signature_resizes_frames_not_decoded_at_its_size():
