@@ -202,7 +202,7 @@ class Captioner:
         tokens_before = self.backend.stats["output_tokens"]
         remote = engine is not None and engine.engine == "ray"
         units, current = [], set()
-        for (path, sha), group in df.groupby(["video_path", "video_sha256"], sort=True):
+        for (path, sha), group in df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
             key = unit_key(path, sha)
             current.add(key)
             rows = group.sort_values("start_frame").to_dict("records")

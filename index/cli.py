@@ -73,7 +73,7 @@ def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, 
     config = {"visual": visual.describe(), "text": text.describe()}
     store = PartStore(index_dir, STAGE, config=config, retry_failed=retry_failed)
     units = []
-    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True):
+    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
         ids = ",".join(sorted(rows["clip_id"].astype(str)))
         key = hashlib.sha256(f"{path}\n{sha}\n{ids}".encode()).hexdigest()[:24]
         if store.done(key):

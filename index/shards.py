@@ -173,7 +173,8 @@ def _select(df: pd.DataFrame, dedup: bool, index_dir, report: ShardReport) -> pd
 def _stage(df: pd.DataFrame, staging: Path, report: ShardReport, progress=None, engine=None) -> None:
     """Cut the clips of `df` into staging/<key>.mp4, one decode per source; failures are recorded.
     With `engine.engine == "ray"` Ray actors cut the sources (staging must then be on a shared file system)."""
-    units = [(path, sha, rows) for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True)]
+    groups = df.groupby(["video_path", "video_sha256"], sort=True, dropna=False)  # a row without a hash is not lost
+    units = [(path, sha, rows) for (path, sha), rows in groups]
 
     def record(unit, reason) -> None:
         path, _, rows = unit
