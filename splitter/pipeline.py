@@ -117,9 +117,8 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
 
     Re-running on the same folders finishes missing videos only (and failed ones with `retry_failed`).
     `summary`, when given, is filled with counts (videos, processed, skipped, clips, hours, failures) for a
-    caller's report. `engine`: an
-    `index.engine.EngineOptions`; with `engine="ray"` the videos go to Ray actors (parts are still
-    written here, so resume rules and the manifest are the local ones).
+    caller's report. `engine`: an `index.engine.EngineOptions`; with `engine="ray"` the videos go to Ray
+    actors (parts are still written here, so resume rules and the manifest are the local ones).
     """
     raw = Path(raw_dir)
     if not raw.is_dir():

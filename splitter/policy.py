@@ -3,8 +3,8 @@
 Per shot: trim `trim_frames` at each edge (a detector that is one frame late leaves no flash of the
 neighbouring shot), drop what is shorter than `min_sec`, and cut what is longer than `max_sec` into
 the fewest near-equal chunks (by PTS, so VFR files chunk by time) that each fit (or, when no chunks fit
-both limits, centred windows of `max_sec`: see `chunk`). Transition frames
-never reach a clip: they lie between shots already.
+both limits, centred windows of `max_sec`: see `chunk`). Transition frames never reach a clip: they lie
+between shots already.
 """
 
 from __future__ import annotations
