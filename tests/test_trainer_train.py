@@ -1,5 +1,6 @@
 """End to end on CPU: train, kill, `--resume latest`, sample deterministically, and a 2-process DDP run."""
 
+import json
 import os
 import socket
 import subprocess
@@ -68,6 +69,22 @@ def test_kill_and_resume_latest_continues_at_the_same_step_with_the_same_ema(man
             assert torch.allclose(a[k], b[k], atol=1e-6), (which, k)
     ema, raw = weights(out / "checkpoints" / "6", "ema"), weights(out / "checkpoints" / "6", "model")
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # the EMA is a separate average
+    logged = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6]  # step 3, logged before the kill and run again, is there once
+
+
+@pytest.mark.slow
+def test_later_checkpoints_of_another_run_are_not_mixed_in(manifest, tmp_path):
+    out = tmp_path / "run"
+    first = run(train_cmd(manifest, out, 4, "diffusion.name=ddpm", "train.mixed_precision=no"))
+    assert first.returncode == 0, first.stderr[-2000:]  # (the rflow keys of tiny.yaml do not stop ddpm)
+    again = run(train_cmd(manifest, out, 4, "--resume", str(out / "checkpoints" / "2"), "diffusion.name=ddpm"))
+    assert again.returncode != 0 and "past step 2 (4)" in again.stderr
+    branch = run(train_cmd(manifest, tmp_path / "branch", 4, "--resume", str(out / "checkpoints" / "2"),
+                           "diffusion.name=ddpm", "train.keep_last=1"))
+    assert branch.returncode == 0, branch.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "branch" / "checkpoints").iterdir()) == ["4"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2", "4"]  # the first run is untouched
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ DEFAULTS: dict = {
     "model": {"size": "STDiT-S/2", "class_dropout_prob": 0.1, "space_scale": 1.0, "time_scale": 1.0,
               "gradient_checkpointing": False},
     "vae": {"kind": "pixels"},
-    "text": {"kind": "t5", "path": "DeepFloyd/t5-v1_1-xxl", "max_length": 120},
+    "text": {"kind": "t5", "path": "DeepFloyd/t5-v1_1-xxl", "max_length": 120, "cache_mb": 1024},
     "diffusion": {"name": "rflow"},
     "data": {"path": None, "buckets": [[16, 256, 256]], "frame_interval": 3, "batch_size": 4, "num_workers": 2,
              "cache": False},
@@ -59,4 +59,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
         cfg = merge(cfg, loaded)
     for item in overrides:
         apply_override(cfg, item)
+    if cfg["train"].get("mixed_precision") in (False, None):  # YAML reads a bare `no` as false
+        cfg["train"]["mixed_precision"] = "no"
     return cfg

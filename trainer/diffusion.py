@@ -6,6 +6,7 @@ timestep embedding under the other. Classifier-free guidance batches the conditi
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -131,6 +132,9 @@ DIFFUSIONS: dict[str, type[Diffusion]] = {"rflow": RectifiedFlow, "ddpm": DDPM}
 
 
 def build_diffusion(name: str = "rflow", **kwargs) -> Diffusion:
+    """The objective by name; options that belong to another objective (a config's `shift` when switching
+    to ddpm) are ignored."""
     if name not in DIFFUSIONS:
         raise ValueError(f"unknown diffusion {name!r}; choose one of {sorted(DIFFUSIONS)}")
-    return DIFFUSIONS[name](**kwargs)
+    accepted = inspect.signature(DIFFUSIONS[name]).parameters
+    return DIFFUSIONS[name](**{k: v for k, v in kwargs.items() if k in accepted})

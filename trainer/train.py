@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ if __package__ in (None, ""):  # run as a script (accelerate launch trainer/trai
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from index.manifest import atomic_write_text
 from trainer.config import load_config
 from trainer.data import BucketSampler, collate, open_dataset
 from trainer.diffusion import build_diffusion
@@ -113,7 +115,8 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, model, ema, state, cf
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)  # a checkpoint is complete or absent
-        for old in checkpoints(out_dir)[:-keep_last] if keep_last > 0 else []:
+        older = [c for c in checkpoints(out_dir) if int(c.name) < step]  # never the one just written
+        for old in older[:max(0, len(older) - (keep_last - 1))] if keep_last > 0 else []:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
@@ -183,6 +186,15 @@ def main(argv=None) -> int:
             accelerator.print(f"resumed from {found[-1]} at step {state.step}")
         else:
             accelerator.print(f"no checkpoint in {out_dir / 'checkpoints'}: starting from scratch")
+    metrics_path = out_dir / "metrics.jsonl"
+    if args.resume and found and accelerator.is_main_process and metrics_path.exists():
+        kept = [ln for ln in metrics_path.read_text().splitlines()  # steps after the checkpoint are run again
+                if ln.strip() and json.loads(ln)["step"] <= state.step]
+        atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
+    beyond = [c.name for c in checkpoints(out_dir) if int(c.name) > state.step]
+    if beyond:  # another run's later checkpoints: its `--resume latest` and keep-last pruning would mix runs
+        raise SystemExit(f"error: {out_dir / 'checkpoints'} holds checkpoints past step {state.step} "
+                         f"({', '.join(beyond)}): continue with --resume latest, or branch into a new --output-dir")
     if not args.resume or not found:
         torch.manual_seed(tc["seed"] * 1000 + rank)  # per-process noise stream
     accelerator.init_trackers("train")
@@ -190,14 +202,24 @@ def main(argv=None) -> int:
     accelerator.print(f"STDiT {n_params / 1e6:.2f}M params, {len(dataset)} clips, "
                       f"{len(sampler)} batches/epoch/process, {world} process(es)")
 
-    caption_cache: dict[str, tuple] = {}
+    # encoder outputs of recent captions (least recently used first out), within text.cache_mb: a T5-XXL
+    # output is 1.9 MB, so caching every caption of a large dataset would fill the host's memory
+    caption_cache: OrderedDict[str, tuple] = OrderedDict()
+    cache_budget = float(cfg["text"].get("cache_mb", 1024)) * 2**20
 
     def encode_text(captions):
         missing = [c for c in dict.fromkeys(captions) if c not in caption_cache]
+        fresh = {}
         if missing:
             y, m = text(missing)
-            caption_cache.update({c: (y[i].cpu(), m[i].cpu()) for i, c in enumerate(missing)})
-        ys, ms = zip(*(caption_cache[c] for c in captions))
+            fresh = {c: (y[i].cpu(), m[i].cpu()) for i, c in enumerate(missing)}
+        ys, ms = zip(*(fresh[c] if c in fresh else caption_cache[c] for c in captions))
+        for c in dict.fromkeys(captions):
+            caption_cache[c] = fresh.get(c) or caption_cache[c]
+            caption_cache.move_to_end(c)
+        entry = ys[0].numel() * ys[0].element_size() + ms[0].numel() * ms[0].element_size()
+        while caption_cache and len(caption_cache) * entry > cache_budget:
+            caption_cache.popitem(last=False)
         return torch.stack(ys).to(device), torch.stack(ms).to(device)
 
     bar = tqdm(total=tc["max_steps"], initial=state.step, disable=not accelerator.is_main_process, desc="train")
@@ -206,6 +228,7 @@ def main(argv=None) -> int:
     model.train()
     while state.step < tc["max_steps"]:
         sampler.set_epoch(state.epoch, state.position)
+        dataset.epoch = state.epoch  # a new random frame window per epoch (deterministic, so resume is exact)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                              num_workers=dc["num_workers"], generator=loader_gen)
         for batch in loader:
@@ -237,7 +260,7 @@ def main(argv=None) -> int:
                 metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"]}
                 accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=state.step)
                 if accelerator.is_main_process:
-                    with open(out_dir / "metrics.jsonl", "a") as f:
+                    with open(metrics_path, "a") as f:
                         f.write(json.dumps(metrics) + "\n")
                 bar.set_postfix(loss=f"{last:.4f}", samples_s=f"{rate:.1f}")
                 t_log, seen, losses = time.perf_counter(), 0, []
