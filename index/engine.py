@@ -16,6 +16,7 @@ A unit whose worker raises, or whose Ray actor dies (segfault in a decoder, OOM 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -138,7 +139,22 @@ def _run_ray(units, make_worker, on_result, prepare, on_error, opts: EngineOptio
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     cpus = opts.num_cpus if opts.num_cpus is not None else (0.5 if prepare else 1.0)
-    actor_cls = ray.remote(_Worker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=1)
+    # an actor Ray cannot place never starts and its unit never ends: start no more than the cluster holds
+    total = ray.cluster_resources()
+    fit = int((total.get("CPU", 0) - (1 if prepare else 0)) // cpus) if cpus > 0 else opts.workers
+    if gpus > 0:
+        fit = min(fit, int(total.get("GPU", 0) // gpus))
+    if fit < 1:
+        raise EngineError(f"the Ray cluster has no room for one worker (each asks {cpus:g} CPU and {gpus:g} GPU, "
+                          f"{'plus 1 CPU for decoding, ' if prepare else ''}the cluster has "
+                          f"{total.get('CPU', 0):g} CPU and {total.get('GPU', 0):g} GPU)")
+    workers = min(opts.workers, len(units), fit)
+    if workers < min(opts.workers, len(units)):
+        print(f"ray: {opts.workers} workers asked, {workers} fit this cluster", file=sys.stderr)
+    # without a GPU of its own, an actor must not see the machine's GPUs (Ray leaves them visible)
+    env = {"TOKENIZERS_PARALLELISM": "false", **({"CUDA_VISIBLE_DEVICES": ""} if gpus == 0 else {})}
+    actor_cls = ray.remote(_Worker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=1,
+                                            runtime_env={"env_vars": env})
     prep_task = ray.remote(_call).options(num_cpus=1, max_retries=0) if prepare else None
     worker_ref = ray.put(make_worker)  # shipped once, not once per actor call
     prepare_ref = ray.put(prepare) if prepare else None
@@ -160,9 +176,9 @@ def _run_ray(units, make_worker, on_result, prepare, on_error, opts: EngineOptio
             raise EngineError(f"a unit failed on Ray: {reason(e)}") from None
         on_error(unit, reason(e))
 
-    actors = [start_actor() for _ in range(min(opts.workers, len(units)))]
+    actors = [start_actor() for _ in range(workers)]
     try:
-        return _schedule(ray, units, actors, start_actor, prep_task, prepare_ref, on_result, fail, opts.workers)
+        return _schedule(ray, units, actors, start_actor, prep_task, prepare_ref, on_result, fail, workers)
     finally:  # also when on_result raises (an OSError writing a part): no actor outlives the run
         for actor in actors:
             ray.kill(actor, no_restart=True)

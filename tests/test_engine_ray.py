@@ -88,6 +88,23 @@ def test_prepare_runs_as_separate_tasks_that_feed_the_workers(ray_session):
     assert {k: v[0] for k, v in local.items()} == {k: v[0] for k, v in out.items()}
 
 
+def test_more_workers_than_the_cluster_holds_do_not_hang(ray_session):
+    import threading
+
+    def make():
+        return lambda item: (item, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+    out, runs = {}, []
+    for kw in ({"workers": 5}, {"workers": 5, "prepare": lambda x: x}):  # 2 CPUs: 2 actors, or 2 x 0.5 + decoding
+        t = threading.Thread(target=lambda kw=kw: runs.append(run_units(range(6), make, out.__setitem__,
+                                                                        engine="ray", **kw)), daemon=True)
+        t.start()
+        t.join(180)
+        assert not t.is_alive(), f"run_units({kw}) hung"
+    assert runs == [6, 6] and {k: v[0] for k, v in out.items()} == {x: x for x in range(6)}
+    assert {v[1] for v in out.values()} == {""}  # no GPU asked: the actors see none
+
+
 def test_a_dead_actor_fails_only_its_unit_and_is_replaced(ray_session):
     def make():
         def work(x):
