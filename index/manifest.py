@@ -31,11 +31,15 @@ class ManifestError(ValueError):
 
 # ---------------------------------------------------------------- atomic writes
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: outputs get the modes of a plain open()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -117,9 +121,9 @@ def run_cli(prog: str, main, argv=None) -> int:
     error line and exit status 2, and what was finished stays on disk for the re-run."""
     try:
         return main(argv)
-    except OSError as e:
+    except OSError as e:  # reading an input went through its own checks: this is mostly our output
         where = f": {e.filename}" if e.filename else ""
-        print(f"{prog}: error: cannot write the output ({e.strerror or e}){where}", file=sys.stderr)
+        print(f"{prog}: error: cannot read or write a file ({e.strerror or e}){where}", file=sys.stderr)
         return 2
 
 

@@ -103,3 +103,12 @@ def test_parts_refuse_other_options(tmp_path):
     PartStore(tmp_path, "split", config={"min_sec": 2})
     with pytest.raises(ManifestError, match="min_sec"):
         PartStore(tmp_path, "split", config={"min_sec": 3})
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    from index.manifest import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = atomic_write_text(tmp_path / "atomic.txt", "x")  # not mkstemp's 0600: others on the cluster read it
+    assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
