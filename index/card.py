@@ -51,10 +51,15 @@ def similarity_plot(nearest: np.ndarray, threshold: float) -> bytes:
     return _png(fig)
 
 
+def _durations(df: pd.DataFrame) -> pd.Series:
+    """Seconds per clip from its PTS range (num_frames / fps is off for variable-frame-rate sources)."""
+    return (df["end_sec"].astype(float) - df["start_sec"].astype(float)).clip(lower=0)
+
+
 def _plots(df: pd.DataFrame) -> dict[str, bytes]:
     plt = _figure()
     out = {}
-    dur = (df["num_frames"] / df["fps"].replace(0, np.nan)).dropna()
+    dur = _durations(df)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.hist(dur, bins=30, color="#4c72b0")
     ax.set_xlabel("clip duration (s)")
@@ -146,12 +151,13 @@ def write_card(out_dir, manifest: pd.DataFrame, report, index_dir=None, name: st
             atomic_write_bytes(card_dir / "similarity.png", similarity_plot(z["nearest"], float(z["threshold"])))
             similarity = "![nearest-neighbour similarity](card/similarity.png)"
     shards = list(report.shards)
-    size = sum((out_dir / s).stat().st_size for s in shards if (out_dir / s).exists())
     csv = (out_dir / "opensora.csv").exists() and not shards
+    files = [out_dir / "opensora.csv", *(out_dir / "clips").glob("*")] if csv else [out_dir / s for s in shards]
+    size = sum(f.stat().st_size for f in files if f.is_file())
     fields = {
         "name": name, "size_category": _size_category(len(df)),
         "data_files": "opensora.csv" if csv else "*.tar",
-        "clips": len(df), "hours": f"{(df['num_frames'] / df['fps']).sum() / 3600:.3f}" if len(df) else "0",
+        "clips": len(df), "hours": f"{_durations(df).sum() / 3600:.3f}" if len(df) else "0",
         "sources": df["video_sha256"].nunique() if len(df) else 0, "shards": len(shards),
         "size": f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB",
         "dropped_total": sum(n for _, n in dropped), "dropped_table": _table(dropped, ("reason", "clips")),

@@ -180,6 +180,8 @@ def test_cli_with_index_opensora_csv_and_data_card(data, tmp_path):
     assert len(csv) == 8 and all(Path(p).exists() for p in csv["path"])
     assert (csv["resolution"] == csv["height"] * csv["width"]).all()
     assert len(read_frames(csv["path"][0], range(int(csv["num_frames"][0])))) == csv["num_frames"][0]
+    on_disk = sum(f.stat().st_size for f in [csv_out / "opensora.csv", *(csv_out / "clips").glob("*")])
+    assert f"| size on disk | {on_disk / 1e6:.1f} MB |" in (csv_out / "DATA_CARD.md").read_text()
 
 
 def test_malformed_manifest_is_a_usage_error(tmp_path, capsys):
