@@ -53,7 +53,7 @@ def similarity_plot(nearest: np.ndarray, threshold: float) -> bytes:
 
 def _durations(df: pd.DataFrame) -> pd.Series:
     """Seconds per clip from its PTS range (num_frames / fps is off for variable-frame-rate sources)."""
-    return (df["end_sec"].astype(float) - df["start_sec"].astype(float)).clip(lower=0)
+    return (df["end_sec"].astype(float) - df["start_sec"].astype(float)).clip(lower=0).round(6)
 
 
 def _plots(df: pd.DataFrame) -> dict[str, bytes]:
