@@ -103,6 +103,34 @@ def read_manifest(path) -> pd.DataFrame:
     except Exception as e:  # pyarrow / pandas raise many types for a malformed file
         raise ManifestError(f"{path}: cannot read manifest ({type(e).__name__}: {str(e)[:200]})") from None
     _check_columns(df.columns, path)
+    return _check_values(df, path)
+
+
+_TYPES = {**{c: "int" for c in ("start_frame", "end_frame", "num_frames", "width", "height")},
+          **{c: "float" for c in ("start_sec", "end_sec", "fps", "aspect_ratio")}, **STAGE_COLUMNS}
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _check_values(df: pd.DataFrame, path) -> pd.DataFrame:
+    """Numbers and booleans of a hand-edited manifest: "5" becomes 5 and "false" False; a value that is
+    neither is a one-line error (a kept "false" string would read as True and keep a duplicate)."""
+    for col, kind in _TYPES.items():
+        if col not in df.columns or kind not in ("int", "float", "bool") or df[col].dtype == bool:
+            continue
+        s = df[col]
+        if kind == "bool":
+            value = s.map(lambda v: v if isinstance(v, bool) or v is None or v != v else _BOOLS.get(str(v).lower()))
+        else:
+            value = pd.to_numeric(s, errors="coerce")
+            if kind == "int":
+                value = value.where(value == value.round())
+        bad = s.notna() & value.isna()
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            want = {"int": "an integer", "float": "a number", "bool": "true or false"}[kind]
+            raise ManifestError(f"{path}: column {col} holds {s.iloc[i]!r} (row {i}), not {want}")
+        if not pd.api.types.is_numeric_dtype(s):  # strings (object or pandas' str dtype): the parsed values
+            df[col] = value
     return df
 
 

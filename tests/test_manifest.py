@@ -112,3 +112,16 @@ def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
     plain.write_text("x")
     written = atomic_write_text(tmp_path / "atomic.txt", "x")  # not mkstemp's 0600: others on the cluster read it
     assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_hand_edited_numbers_and_booleans_are_read_or_refused(tmp_path):
+    df = pd.DataFrame([c.to_dict() for c in _clips(2)])
+    df["keep"], df["caption_tokens"] = ["true", "false"], ["12", "7"]
+    back = read_manifest(export_manifest(df, tmp_path / "hand.jsonl"))
+    assert back["keep"].tolist() == [True, False] and back["caption_tokens"].tolist() == [12, 7]
+    df["caption_tokens"] = ["12", "many"]
+    with pytest.raises(ManifestError, match="caption_tokens holds 'many' .row 1., not an integer"):
+        read_manifest(export_manifest(df, tmp_path / "bad.jsonl"))
+    df["caption_tokens"], df["keep"] = [1, 2], ["yes", "maybe"]
+    with pytest.raises(ManifestError, match="keep holds 'maybe'"):
+        read_manifest(export_manifest(df, tmp_path / "bad.csv"))
