@@ -98,7 +98,7 @@ def build_captioner(args, spec, prompt, policy, load: bool = True) -> Captioner:
     if args.two_pass:
         from .twopass import TwoPass
 
-        two_pass = TwoPass.create(backend, args.summary_model, trust_remote_code=args.trust_remote_code)
+        two_pass = TwoPass.create(backend, args.summary_model, trust_remote_code=args.trust_remote_code, load=load)
     return Captioner(backend, prompt, policy, args.max_new_tokens, two_pass=two_pass)
 
 

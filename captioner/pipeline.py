@@ -101,10 +101,16 @@ class Captioner:
         self.policy = policy or FramePolicy()
         self.max_new_tokens = int(max_new_tokens)
         self.two_pass = two_pass  # a captioner.twopass.TwoPass, or None
-        self.model_id = backend.spec.model_id
+        # provenance recorded on every caption: in two-pass mode the text comes from the frame and summary
+        # prompts (not `prompt`), and from the summary model too when that is another model
+        self.model_id, self.prompt_id = backend.spec.model_id, prompt.prompt_id
+        if two_pass is not None:
+            summarizer = two_pass.summarizer.spec.model_id
+            self.model_id += f"+{summarizer}" if summarizer != self.model_id else ""
+            self.prompt_id = f"{two_pass.frame_prompt.prompt_id}+{two_pass.summary_prompt.prompt_id}"
 
     def config(self) -> dict:
-        return {"model": self.model_id, "prompt_id": self.prompt.prompt_id,
+        return {"model": self.model_id, "prompt_id": self.prompt_id,
                 "prompt_sha1": hashlib.sha1(self.prompt.template.encode()).hexdigest()[:12],
                 "num_frames": self.policy.num_frames, "sample_fps": self.policy.sample_fps,
                 "max_frames": self.policy.max_frames, "max_new_tokens": self.max_new_tokens,
@@ -148,14 +154,14 @@ class Captioner:
 
     def todo(self, rows: list[dict]) -> list[dict]:
         """The rows a unit sends to the model: not captioned by this model and prompt yet, a non-empty range."""
-        return [r for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)
+        return [r for r in rows if not _already(r, self.model_id, self.prompt_id)
                 and int(r["end_frame"]) > int(r["start_frame"])]
 
     def caption_unit(self, video_path: str, rows: list[dict],
                      frames: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
         """Captions for one source's rows, and the ids of clips whose frames could not be read.
         `frames`: from `decode_unit` when the frames were decoded elsewhere (a Ray task)."""
-        todo = [r for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)]
+        todo = [r for r in rows if not _already(r, self.model_id, self.prompt_id)]
         empty = {r["clip_id"] for r in todo if int(r["end_frame"]) <= int(r["start_frame"])}
         todo = [r for r in todo if r["clip_id"] not in empty]
         captions, times = {}, {}
@@ -171,10 +177,10 @@ class Captioner:
             if row["clip_id"] in unreadable:  # recorded in failed.jsonl by the caller, not kept
                 continue
             if row["clip_id"] in captions:
-                row.update(captions[row["clip_id"]], caption_model=self.model_id, prompt_id=self.prompt.prompt_id,
+                row.update(captions[row["clip_id"]], caption_model=self.model_id, prompt_id=self.prompt_id,
                            frame_times=times[row["clip_id"]])
             elif row["clip_id"] in empty:  # nothing to show the model: recorded, never captioned
-                row.update(caption=None, caption_model=self.model_id, prompt_id=self.prompt.prompt_id,
+                row.update(caption=None, caption_model=self.model_id, prompt_id=self.prompt_id,
                            caption_tokens=0, caption_flags="no_frames", caption_retries=0, frame_times=[])
             out.append(row)
         return pd.DataFrame(out), unreadable
@@ -196,7 +202,7 @@ class Captioner:
         """Caption every unit not done yet. With `engine.engine == "ray"`, `make_worker()` (picklable) builds
         the captioner in each Ray actor (`caption_one` runs there), `prepare` (`decode_unit`) decodes frames in
         separate CPU tasks, and the parts are written here as locally."""
-        store = PartStore(out_dir, stage_name(self.model_id, self.prompt.prompt_id), self.config(), retry_failed)
+        store = PartStore(out_dir, stage_name(self.model_id, self.prompt_id), self.config(), retry_failed)
         summary = Summary(clips=len(df))
         t_start = time.perf_counter()
         tokens_before = self.backend.stats["output_tokens"]
@@ -251,7 +257,7 @@ class Captioner:
         for cid in unreadable:
             store.fail(f"{key}-{cid}", path, f"clip {cid}: its frames lie past the end of the video")
         fresh = part.get("clip_id", pd.Series(dtype=str)).isin(
-            [r["clip_id"] for r in rows if not _already(r, self.model_id, self.prompt.prompt_id)])
+            [r["clip_id"] for r in rows if not _already(r, self.model_id, self.prompt_id)])
         summary.captioned += int(fresh.sum())
         summary.skipped += int((~fresh).sum())
         store.write(key, part)

@@ -65,14 +65,16 @@ class TwoPass:
         self.frame_tokens = frame_tokens
 
     @classmethod
-    def create(cls, vision: Backend, summary_model: str | None = None, trust_remote_code: bool = False):
+    def create(cls, vision: Backend, summary_model: str | None = None, trust_remote_code: bool = False,
+               load: bool = True):
+        """`load=False` (a Ray driver, which only plans and writes): the summary model is named, not loaded."""
         if not summary_model:
             return cls(vision, vision)
         from .models import ModelSpec
 
         spec = ModelSpec(summary_model, summary_model, "text")
-        return cls(vision, TextLLM(spec, batch_size=vision.batch_size, device=vision.device,
-                                   trust_remote_code=trust_remote_code).load())
+        text = TextLLM(spec, batch_size=vision.batch_size, device=vision.device, trust_remote_code=trust_remote_code)
+        return cls(vision, text.load() if load else text)
 
     def describe(self) -> str:
         return f"{self.frame_prompt.prompt_id}+{self.summary_prompt.prompt_id}:{self.summarizer.spec.model_id}"

@@ -174,6 +174,8 @@ def test_two_pass_mode(synth_manifest, tmp_path):
     assert len(df) == len(src) and df["caption"].map(lambda c: isinstance(c, str)).all()
     config = json.loads(next((out / ".parts").glob("*/config.json")).read_text())
     assert config["two_pass"].startswith("frame+summary")
+    assert set(df["prompt_id"]) == {"frame+summary"}  # the prompts that wrote the text, not the unused default
+    assert set(df["caption_model"]) == {str(model)}  # one model did both passes
 
 
 @pytest.mark.slow
