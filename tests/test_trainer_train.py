@@ -78,8 +78,10 @@ def test_later_checkpoints_of_another_run_are_not_mixed_in(manifest, tmp_path):
     out = tmp_path / "run"
     first = run(train_cmd(manifest, out, 4, "diffusion.name=ddpm", "train.mixed_precision=no"))
     assert first.returncode == 0, first.stderr[-2000:]  # (the rflow keys of tiny.yaml do not stop ddpm)
+    logged = (out / "metrics.jsonl").read_text()
     again = run(train_cmd(manifest, out, 4, "--resume", str(out / "checkpoints" / "2"), "diffusion.name=ddpm"))
     assert again.returncode != 0 and "past step 2 (4)" in again.stderr
+    assert (out / "metrics.jsonl").read_text() == logged  # a refused run changes nothing
     branch = run(train_cmd(manifest, tmp_path / "branch", 4, "--resume", str(out / "checkpoints" / "2"),
                            "diffusion.name=ddpm", "train.keep_last=1"))
     assert branch.returncode == 0, branch.stderr[-2000:]

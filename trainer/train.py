@@ -186,15 +186,15 @@ def main(argv=None) -> int:
             accelerator.print(f"resumed from {found[-1]} at step {state.step}")
         else:
             accelerator.print(f"no checkpoint in {out_dir / 'checkpoints'}: starting from scratch")
+    beyond = [c.name for c in checkpoints(out_dir) if int(c.name) > state.step]
+    if beyond:  # another run's later checkpoints: its `--resume latest` and keep-last pruning would mix runs
+        raise SystemExit(f"error: {out_dir / 'checkpoints'} holds checkpoints past step {state.step} "
+                         f"({', '.join(beyond)}): continue with --resume latest, or branch into a new --output-dir")
     metrics_path = out_dir / "metrics.jsonl"
     if args.resume and found and accelerator.is_main_process and metrics_path.exists():
         kept = [ln for ln in metrics_path.read_text().splitlines()  # steps after the checkpoint are run again
                 if ln.strip() and json.loads(ln)["step"] <= state.step]
         atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
-    beyond = [c.name for c in checkpoints(out_dir) if int(c.name) > state.step]
-    if beyond:  # another run's later checkpoints: its `--resume latest` and keep-last pruning would mix runs
-        raise SystemExit(f"error: {out_dir / 'checkpoints'} holds checkpoints past step {state.step} "
-                         f"({', '.join(beyond)}): continue with --resume latest, or branch into a new --output-dir")
     if not args.resume or not found:
         torch.manual_seed(tc["seed"] * 1000 + rank)  # per-process noise stream
     accelerator.init_trackers("train")
