@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .hub import offline
+from .hub import local_only, offline
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -133,7 +133,7 @@ class HFImageEmbedder(VisualEmbedder):
         self.num_frames = int(num_frames)
         self.batch_size = int(batch_size)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kw = {"trust_remote_code": trust_remote_code, "local_files_only": _local_only(self.model_id)}
+        kw = {"trust_remote_code": trust_remote_code, "local_files_only": local_only(self.model_id)}
         with _model_errors(self.model_id):
             self.processor = AutoImageProcessor.from_pretrained(self.model_id, **kw)
             self.model = AutoModel.from_pretrained(self.model_id, **kw).to(self.device).eval()
@@ -173,11 +173,6 @@ class HFImageEmbedder(VisualEmbedder):
 
     def describe(self) -> dict:
         return {**super().describe(), "model": self.model_id}
-
-
-def _local_only(model_id: str) -> bool:
-    """A hub id with no way to reach the hub: read the local cache only (at once, no retries)."""
-    return not Path(model_id).exists() and offline()
 
 
 class _model_errors:
@@ -233,7 +228,7 @@ class TextEmbedder:
         self.batch_size = batch_size
         with _model_errors(self.model_id):
             self.model = SentenceTransformer(self.model_id, device=device or "cpu",
-                                             local_files_only=_local_only(self.model_id))
+                                             local_files_only=local_only(self.model_id))
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 

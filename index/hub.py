@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 PROBE_TIMEOUT_S = 3.0
@@ -47,3 +48,8 @@ def offline() -> bool:
             os.environ["HF_HUB_OFFLINE"] = "1"  # for child processes (workers, actors)
             constants.HF_HUB_OFFLINE = True  # huggingface_hub reads this at every request
     return _answer
+
+
+def local_only(model_id: str) -> bool:
+    """Whether a model load must read the local cache only: a hub id (not a folder) while `offline()`."""
+    return not Path(str(model_id)).exists() and offline()

@@ -6,17 +6,9 @@ is a one-line error naming the model id and the command that downloads it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from index.hub import offline
-
-
-def _check_hub(model_id: str) -> None:
-    """Before loading a hub id: with the hub unreachable, go offline at once (cache only, no minutes of retries)."""
-    if not Path(model_id).exists():
-        offline()
+from index.hub import local_only
 
 
 def _missing(model_id: str, err: Exception) -> RuntimeError:
@@ -60,7 +52,7 @@ class SDVAE(VideoVAE):
         super().__init__()
         from diffusers import AutoencoderKL
 
-        _check_hub(path)
+        local_only(path)  # an unreachable hub turns the process offline now, not after minutes of retries
         try:
             self.vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder)
         except (OSError, ValueError) as err:
@@ -113,7 +105,7 @@ class TextEncoder(torch.nn.Module):
         models = {"t5": T5EncoderModel, "clip": CLIPTextModel}
         if kind not in models:
             raise ValueError(f"unknown text encoder {kind!r}; choose one of {sorted(models)}")
-        _check_hub(path)
+        local_only(path)  # an unreachable hub turns the process offline now, not after minutes of retries
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = models[kind].from_pretrained(path)
