@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from index.dedup import near_duplicate_pairs  # noqa: E402
+from index.dedup.groups import near_duplicate_pairs  # noqa: E402
 
 CLUSTERS = 4000
 

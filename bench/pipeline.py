@@ -34,7 +34,8 @@ STAGES = ("split", "caption", "index", "shards")
 def stage_commands(raw: Path, work: Path, model: str, detector: str) -> dict:
     """{stage: (CLI entry point, argv)}: the commands a user types, run in this process."""
     from captioner.cli import main as caption_main
-    from index.cli import index_main, shards_main
+    from index.dedup.cli import index_main
+    from index.shards.cli import shards_main
     from splitter.cli import main as split_main
 
     return {

@@ -24,8 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from index import synth
-from index.record import Clip, file_sha256
-from index.shards import parse_size, plan_shards, write_shard
+from index.files import file_sha256
+from index.record import Clip
+from index.shards.build import parse_size, plan_shards, write_shard
 from index.video import cut_clips, probe
 
 

@@ -44,9 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-sec", type=float, default=None, help="shortest clip when INPUT is a folder")
     p.add_argument("--max-sec", type=float, default=None, help="longest clip when INPUT is a folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--workers", type=int, default=1, help="with --engine ray: model actors (default 1)")
     add_retry_arg(p)
-    add_engine_args(p)
+    add_engine_args(p, "source videos")
     return p
 
 

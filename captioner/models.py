@@ -102,14 +102,15 @@ def _offline() -> bool:
 
 def ensure_available(spec: ModelSpec) -> None:
     """Offline, a hub id must already be in the local cache: fail at once with the download command."""
+    from index.hub import is_cached
+
     if spec.is_local or not _offline():
         return
-    from huggingface_hub import try_to_load_from_cache
-
-    if not isinstance(try_to_load_from_cache(spec.model_id, "config.json"), str):
+    if not is_cached(spec.model_id):
         raise ModelError(missing_weights_message(spec.model_id))
 
 
 def missing_weights_message(model_id: str) -> str:
-    return (f"model {model_id} is not in the local Hugging Face cache and cannot be downloaded here; "
-            f"fetch it first with `hf download {model_id}` (or `huggingface-cli download {model_id}`)")
+    from index.hub import missing_model_message
+
+    return missing_model_message(model_id)

@@ -1,30 +1,106 @@
-"""Run a stage's units on the local process or on a Ray cluster, with the same results and resume rules.
+"""The one engine that runs every stage's units: in this process, in local worker processes, or on Ray actors.
 
-A stage hands `run_units` its pending units (one source video, one group of clips) and three callables:
+A stage says three things (`Stage`): how to list its units, how to process one, how to merge the parts.
 
-  make_worker()      builds the unit function once per worker (a model loaded once per Ray actor);
-                     `work = make_worker(); result = work(item)`
-  prepare(unit)      optional CPU work (decode, frame preparation) that feeds the model workers; on Ray it runs
-                     as separate tasks ahead of the actors, so a model worker never waits for a decode
-  on_result(unit, result)   called in the driver process, in completion order: the stage writes the
-                     unit's `PartStore` part here, so parts, schema and resume rules are the local ones
+    class Split(Stage):
+        name = "split"
+        def units(self): ...               # driver: every unit of this run, finished or not
+        def load(self): ...                # each worker, once: the model the units need
+        def process(self, model, unit): ...  # a worker: one unit -> Output (rows, per-clip failures)
+        def merge(self, store): ...        # driver: the stage's manifest from its parts
 
-A unit whose worker raises, or whose Ray actor dies (segfault in a decoder, OOM killer), goes to
-`on_error(unit, one-line reason)`; without `on_error` the error stops the run. Ray is imported only when
-`engine="ray"` (the optional extra `shotcap[ray]`).
+    report = run_stage(Split(...), store, EngineOptions(workers=2))
+
+`--workers N` means the same on every command: N processes here (each loads its model once) or, with
+`--engine ray`, N Ray actors. Whatever runs the units, the driver alone writes the parts (`index.manifest.PartStore`),
+so the output is the same for `--workers 1`, `--workers 2` and `--engine ray`, and resume rules are one.
+
+Failure rules (the same on every engine):
+- `BadInput` raised by a unit (unreadable, too short, deleted or changed source, a refused prompt) is that unit's
+  failure, recorded with its one-line reason; the run goes on. So is a worker process that dies (a decoder
+  crash, the OOM killer): the units it held are retried one at a time to find the one that kills it.
+- Any other exception is a bug: the run stops with its traceback and nothing is recorded as failed, so fixing
+  the code and re-running redoes the unit.
+- Ctrl-C stops the workers (a second Ctrl-C is not needed) and raises `Interrupted` with what was kept.
 """
 
 from __future__ import annotations
 
+import abc
+import os
+import signal
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any
 
 ENGINES = ("local", "ray")
+DIED = "worker process died while processing this unit (a decoder crash or out of memory)"
+
+
+class BadInput(Exception):
+    """A unit's input cannot be used; `str(e)` is the one-line reason recorded in failed.jsonl."""
 
 
 class EngineError(RuntimeError, ValueError):
-    """The engine cannot run (Ray missing, no cluster at the address, a unit failed without on_error)."""
+    """The engine cannot run (Ray missing, no cluster at the address, a worker that cannot start)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: the workers are stopped; the message says what was kept."""
+
+
+@dataclass
+class Unit:
+    key: str  # names the unit's part: derived from all its output depends on (content hash, clip ids)
+    path: str  # the source, for failure records
+    data: Any = None  # what `process` needs (picklable; never a loaded model)
+    weight: int = 1  # progress units it stands for (videos, clips)
+    ids: tuple = ()  # clip ids it covers: recorded with a failure, so a re-run skips exactly those
+
+
+@dataclass
+class Output:
+    rows: Any  # pandas DataFrame: the unit's part
+    failures: list = field(default_factory=list)  # (item id, reason): clips of the unit that could not be done
+
+
+class Stage(abc.ABC):
+    """One stage of the pipeline. The object is pickled to every worker: keep models out of it (see `load`)."""
+
+    name = ""  # parts under OUT_DIR/.parts/NAME
+    unit_name = "units"  # for progress lines ("videos", "clips")
+    uses_gpu = False  # on Ray: one GPU share per worker when the cluster has GPUs
+    driver_only: tuple = ()  # attributes the workers do not need (the input manifest): not pickled to them
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self.driver_only}
+
+    @abc.abstractmethod
+    def units(self) -> list[Unit]:
+        """Driver: every unit of this run, finished or not (the engine skips those the store has done)."""
+
+    def load(self) -> Any:
+        """Each worker, once: what `process` needs (a model). The default needs nothing."""
+        return None
+
+    def prepare(self, unit: Unit) -> Unit:
+        """Optional CPU work ahead of `process` (decoding frames). On Ray it runs in separate CPU tasks
+        ahead of the model workers; elsewhere in the worker, just before `process`."""
+        return unit
+
+    has_prepare = False  # True when `prepare` does work worth its own Ray tasks
+
+    @abc.abstractmethod
+    def process(self, state: Any, unit: Unit) -> Output:
+        """A worker: one unit. Raise `BadInput` for bad input; anything else stops the run."""
+
+    @abc.abstractmethod
+    def merge(self, store) -> Any:
+        """Driver, after the units: the stage's result from its parts."""
 
 
 @dataclass(frozen=True)
@@ -34,8 +110,9 @@ class EngineOptions:
     engine: str = "local"
     workers: int = 1
     ray_address: str | None = None  # None: start a local Ray; "auto": join the running cluster
-    num_gpus: float | None = None  # per model worker; None: 1 when the cluster has GPUs; 0.5: two per GPU
-    num_cpus: float | None = None  # per model worker (default 1, or 0.5 with a prepare step)
+    num_gpus: float | None = None  # per Ray worker; None: 1 when the cluster has GPUs; 0.5: two per GPU
+    num_cpus: float | None = None  # per Ray worker (default 1, or 0.5 with a prepare step)
+    progress: bool = True
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -46,60 +123,191 @@ class EngineOptions:
             raise ValueError("--gpus-per-worker must not be negative")
 
 
-def add_engine_args(parser) -> None:
-    """`--engine local|ray`, `--ray-address`, `--gpus-per-worker` on a stage's argument parser."""
+def add_engine_args(parser, what: str = "units") -> None:
+    """`--workers`, `--engine local|ray`, `--ray-address`, `--gpus-per-worker` on a stage's argument parser."""
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help=f"workers processing {what} at once: processes here (each loads its model once), "
+                             "or Ray actors with --engine ray")
     parser.add_argument("--engine", choices=ENGINES, default="local",
-                        help="local: this process (and its --workers); ray: Ray actors (default local)")
+                        help="local: this machine; ray: Ray actors on a cluster (pip install 'shotcap[ray]')")
     parser.add_argument("--ray-address", default=None, metavar="ADDR",
                         help="with --engine ray: 'auto' joins the running cluster, ray://host:10001 a remote "
-                             "one; default: start Ray on this machine")
+                             "one (default: start Ray on this machine)")
     parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
-                        help="with --engine ray: GPUs per actor (default 1 when the cluster has GPUs, else 0; "
-                             "0.5 packs two actors per GPU, 0 keeps them off the GPUs)")
+                        help="with --engine ray: GPUs per actor (default: 1 when the cluster has GPUs, else 0; "
+                             "0.5 packs two actors per GPU)")
 
 
-def options_from_args(args, workers: int | None = None) -> EngineOptions:
-    return EngineOptions(engine=args.engine, workers=max(1, int(workers or getattr(args, "workers", 1) or 1)),
-                         ray_address=args.ray_address, num_gpus=args.gpus_per_worker)
+def options_from_args(args, progress: bool = True) -> EngineOptions:
+    return EngineOptions(engine=args.engine, workers=int(args.workers), ray_address=args.ray_address,
+                         num_gpus=args.gpus_per_worker, progress=progress)
 
 
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
+    if isinstance(e, BadInput):
+        return text[:300] or type(e).__name__
     return f"{type(e).__name__}: {text}"[:300] if text else type(e).__name__
 
 
-def run_units(units: Iterable, make_worker: Callable[[], Callable[[Any], Any]],
-              on_result: Callable[[Any, Any], None], *, prepare: Callable[[Any], Any] | None = None,
-              on_error: Callable[[Any, str], None] | None = None, uses_gpu: bool = True,
-              options: EngineOptions | None = None, **kwargs) -> int:
-    """Process every unit; returns how many were processed. `kwargs` are `EngineOptions` fields.
-    `uses_gpu=False` (cutting clips, say) keeps Ray actors off the GPUs whatever the options say."""
-    opts = options or EngineOptions(**kwargs)
-    units = list(units)
-    if not units:
-        return 0
-    if opts.engine == "ray":
-        return _run_ray(units, make_worker, on_result, prepare, on_error, opts, uses_gpu)
-    return _run_local(units, make_worker, on_result, prepare, on_error)
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class RunReport:
+    units: int = 0  # units of this run
+    skipped: int = 0  # finished (or failed) in an earlier run
+    done: int = 0  # processed now
+    failed: int = 0  # failed now
+    seconds: float = 0.0
 
 
-# ---------------------------------------------------------------- local: this process
+def run_stage(stage: Stage, store, options: EngineOptions | None = None, progress=None) -> RunReport:
+    """Process every unit of `stage` that `store` (a `PartStore`) has not done; the driver writes each part.
+    `progress`: an `index.progress.Progress`-like object, or None for one made from `options.progress`."""
+    from .progress import Progress
 
-def _run_local(units, make_worker, on_result, prepare, on_error) -> int:
-    work = make_worker()
-    for unit in units:
+    opts = options or EngineOptions()
+    t0 = time.perf_counter()
+    units = stage.units()
+    todo = [u for u in units if not store.done(u.key)]
+    report = RunReport(units=len(units), skipped=len(units) - len(todo))
+    bar = progress or Progress(sum(u.weight for u in todo), stage.name, stage.unit_name, enabled=opts.progress)
+
+    def ok(unit: Unit, out) -> None:
+        out = out if isinstance(out, Output) else Output(out)
+        for k, (item, reason) in enumerate(out.failures):  # before the part, which marks the unit done
+            store.fail(f"{unit.key}-{k}", unit.path, f"clip {item}: {reason}", ids=(item,))
+        store.write(unit.key, out.rows)
+        report.done += 1
+        bar.advance(unit.weight, unit.path)
+
+    def fail(unit: Unit, reason: str) -> None:
+        store.fail(unit.key, unit.path, reason, ids=unit.ids)
+        report.done += 1
+        report.failed += 1
+        bar.advance(unit.weight, unit.path)
+
+    try:
+        with bar:
+            if not todo:
+                pass
+            elif opts.engine == "ray":
+                _run_ray(stage, todo, ok, fail, opts)
+            elif opts.workers <= 1 or len(todo) == 1:
+                _run_here(stage, todo, ok, fail)
+            else:
+                _run_pool(stage, todo, ok, fail, opts.workers)
+    except KeyboardInterrupt:
+        out = store.dir.parent.parent
+        raise Interrupted(f"{report.done} of {len(todo)} {stage.unit_name} finished in this run are kept in "
+                          f"{out}") from None
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _attempt(stage: Stage, state, unit: Unit, prepared: bool = False) -> tuple[str, Any]:
+    """('ok', Output) or ('fail', reason) for bad input; a bug raises."""
+    try:
+        return "ok", stage.process(state, unit if prepared else stage.prepare(unit))
+    except BadInput as e:
+        return "fail", one_line(e)
+    except MemoryError:
+        return "fail", "out of memory while processing this unit"
+
+
+# ---------------------------------------------------------------- this process
+
+def _run_here(stage: Stage, todo: list[Unit], ok, fail) -> None:
+    state = stage.load()
+    for unit in todo:
+        status, payload = _attempt(stage, state, unit)
+        (ok if status == "ok" else fail)(unit, payload)
+
+
+# ---------------------------------------------------------------- local worker processes
+
+_worker: dict = {}
+
+
+def _init_worker(stage: Stage, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the workers itself
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)  # N workers share the cores instead of each taking all of them
+    _worker["stage"] = stage
+    try:
+        if "torch" in sys.modules or stage.uses_gpu:
+            import torch
+
+            torch.set_num_threads(threads)
+        _worker["state"] = stage.load()
+    except BaseException as e:  # reported by the first unit instead of breaking the pool silently
+        _worker["error"] = e
+
+
+def _work(unit: Unit):
+    if "error" in _worker:
+        raise _worker["error"]
+    return _attempt(_worker["stage"], _worker.get("state"), unit)
+
+
+def _pool(stage: Stage, workers: int) -> ProcessPoolExecutor:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(stage, threads))
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers now (a bug, Ctrl-C): nothing waits for their units."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
         try:
-            result = work(prepare(unit) if prepare else unit)
-        except Exception as e:
-            if on_error is None:
-                raise
-            on_error(unit, one_line(e))
-            continue
-        on_result(unit, result)
-    return len(units)
+            proc.kill()
+        except (OSError, AttributeError):
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
-# ---------------------------------------------------------------- ray: actors fed by prepare tasks
+def _run_pool(stage: Stage, todo: list[Unit], ok, fail, workers: int) -> None:
+    pending, suspects = list(reversed(todo)), []
+    while pending:
+        pool = _pool(stage, workers)
+        running: dict = {}
+        try:
+            while pending or running:
+                while pending and len(running) < 2 * workers:
+                    unit = pending.pop()
+                    try:
+                        running[pool.submit(_work, unit)] = unit
+                    except BrokenProcessPool:  # broke while we were recording: the unit is not lost
+                        pending.append(unit)
+                        raise
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    status, payload = fut.result()  # a bug in a worker raises here, with its traceback
+                    unit = running.pop(fut)
+                    (ok if status == "ok" else fail)(unit, payload)
+        except BrokenProcessPool:  # a worker died: the units it may have held are tried alone below
+            suspects += running.values()
+            pool.shutdown(wait=True)
+        except BaseException:
+            _stop(pool)
+            raise
+        else:
+            pool.shutdown(wait=True)
+    for unit in suspects:  # one at a time, so a unit that kills its worker cannot take others with it
+        pool = _pool(stage, 1)
+        try:
+            status, payload = pool.submit(_work, unit).result()
+            (ok if status == "ok" else fail)(unit, payload)
+        except BrokenProcessPool:
+            fail(unit, DIED)
+        except BaseException:
+            _stop(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------- Ray actors fed by prepare tasks
 
 def init_ray(address: str | None = None, num_cpus: int | None = None):
     """Connect to (or start) Ray once per process; the module, for the caller's further use."""
@@ -117,6 +325,135 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     return ray
 
 
+class _Actor:
+    """A Ray actor: loads the stage's state once, then processes units."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self.state = stage.load()
+
+    def run(self, item):
+        if isinstance(item, tuple):  # a prepare task's ('fail', reason)
+            return item
+        return _attempt(self.stage, self.state, item, prepared=self.stage.has_prepare)
+
+
+def _prepare(stage: Stage, unit: Unit):
+    try:
+        return stage.prepare(unit)
+    except BadInput as e:
+        return "fail", one_line(e)
+
+
+def _run_ray(stage: Stage, todo: list[Unit], ok, fail, opts: EngineOptions) -> None:
+    ray = init_ray(opts.ray_address)
+    prepare = stage.has_prepare
+    gpus = opts.num_gpus if stage.uses_gpu else 0.0
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    cpus = opts.num_cpus if opts.num_cpus is not None else (0.5 if prepare else 1.0)
+    # an actor Ray cannot place never starts and its unit never ends: start no more than the cluster holds
+    total = ray.cluster_resources()
+    fit = int((total.get("CPU", 0) - (1 if prepare else 0)) // cpus) if cpus > 0 else opts.workers
+    if gpus > 0:
+        fit = min(fit, int(total.get("GPU", 0) // gpus))
+    if fit < 1:
+        raise EngineError(f"the Ray cluster has no room for one worker (each asks {cpus:g} CPU and {gpus:g} GPU, "
+                          f"{'plus 1 CPU for decoding, ' if prepare else ''}the cluster has "
+                          f"{total.get('CPU', 0):g} CPU and {total.get('GPU', 0):g} GPU)")
+    workers = min(opts.workers, len(todo), fit)
+    if workers < min(opts.workers, len(todo)):
+        print(f"ray: {opts.workers} workers asked, {workers} fit this cluster", file=sys.stderr)
+    # without a GPU of its own, an actor must not see the machine's GPUs (Ray leaves them visible)
+    env = {"TOKENIZERS_PARALLELISM": "false", **({"CUDA_VISIBLE_DEVICES": ""} if gpus == 0 else {})}
+    actor_cls = ray.remote(_Actor).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=1,
+                                           runtime_env={"env_vars": env})
+    prep_task = ray.remote(_prepare).options(num_cpus=1, max_retries=0) if prepare else None
+    stage_ref = ray.put(stage)  # shipped once, not once per call
+    actors = [actor_cls.remote(stage_ref) for _ in range(workers)]
+    try:
+        _schedule(ray, todo, actors, lambda: actor_cls.remote(stage_ref), prep_task, stage_ref, ok, fail, workers)
+    finally:  # also on a bug or Ctrl-C: no actor outlives the run
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _schedule(ray, units, actors, start_actor, prep_task, stage_ref, ok, fail, workers) -> None:
+    """Feed idle actors in unit order; `actors` is updated in place when a dead actor is replaced."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    prepare = prep_task is not None
+    idle = list(actors)
+    queue = list(reversed(range(len(units))))  # pop() gives the units in order
+    ahead = workers * 2  # prepared units kept in flight ahead of the model workers
+    preparing: dict = {}  # ref -> unit index
+    ready: list[tuple[int, Any]] = []  # (unit index, prepared ref) waiting for an idle actor
+    running: dict = {}  # ref -> (unit index, actor)
+    while queue or preparing or ready or running:
+        while prepare and queue and len(preparing) + len(ready) < ahead:
+            i = queue.pop()
+            preparing[prep_task.remote(stage_ref, units[i])] = i
+        while idle and (ready or (not prepare and queue)):
+            i, item = ready.pop(0) if prepare else (queue.pop(), None)
+            actor = idle.pop()
+            running[actor.run.remote(item if prepare else units[i])] = (i, actor)
+        finished, _ = ray.wait(list(preparing) + list(running), num_returns=1)
+        ref = finished[0]
+        if ref in preparing:  # the ref goes to an actor as is: the data moves worker to worker
+            ready.append((preparing.pop(ref), ref))
+            continue
+        i, actor = running.pop(ref)
+        try:
+            status, payload = ray.get(ref)
+        except RayActorError as e:  # the actor is gone: a fresh one takes its place
+            if getattr(e, "actor_init_failed", False):  # load() failed: no unit is to blame
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                raise EngineError(f"a Ray worker could not start: {lines[-1] if lines else 'unknown error'}") from None
+            fail(units[i], DIED)
+            actors.remove(actor)
+            actor = start_actor()
+            actors.append(actor)
+        except RayTaskError as e:  # a bug in a worker (or a prepare task): stop, with the worker's traceback
+            cause = e.as_instanceof_cause()
+            raise cause from None
+        else:
+            (ok if status == "ok" else fail)(units[i], payload)
+        idle.append(actor)
+
+
+# ---------------------------------------------------------------- TEMPORARY: the old entry point, until every stage runs on run_stage
+
+def run_units(units: Iterable, make_worker: Callable[[], Callable[[Any], Any]],
+              on_result: Callable[[Any, Any], None], *, prepare: Callable[[Any], Any] | None = None,
+              on_error: Callable[[Any, str], None] | None = None, uses_gpu: bool = True,
+              options: EngineOptions | None = None, **kwargs) -> int:
+    """Process every unit; returns how many were processed. `kwargs` are `EngineOptions` fields.
+    `uses_gpu=False` (cutting clips, say) keeps Ray actors off the GPUs whatever the options say."""
+    opts = options or EngineOptions(**kwargs)
+    units = list(units)
+    if not units:
+        return 0
+    if opts.engine == "ray":
+        return _legacy_run_ray(units, make_worker, on_result, prepare, on_error, opts, uses_gpu)
+    return _legacy_run_local(units, make_worker, on_result, prepare, on_error)
+
+
+# ---------------------------------------------------------------- local: this process
+
+def _legacy_run_local(units, make_worker, on_result, prepare, on_error) -> int:
+    work = make_worker()
+    for unit in units:
+        try:
+            result = work(prepare(unit) if prepare else unit)
+        except Exception as e:
+            if on_error is None:
+                raise
+            on_error(unit, one_line(e))
+            continue
+        on_result(unit, result)
+    return len(units)
+
+
 class _Worker:
     """The Ray actor: builds the unit function once, then runs units."""
 
@@ -131,7 +468,7 @@ def _call(fn, arg):
     return fn(arg)
 
 
-def _run_ray(units, make_worker, on_result, prepare, on_error, opts: EngineOptions, uses_gpu: bool) -> int:
+def _legacy_run_ray(units, make_worker, on_result, prepare, on_error, opts: EngineOptions, uses_gpu: bool) -> int:
     ray = init_ray(opts.ray_address)
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -178,13 +515,13 @@ def _run_ray(units, make_worker, on_result, prepare, on_error, opts: EngineOptio
 
     actors = [start_actor() for _ in range(workers)]
     try:
-        return _schedule(ray, units, actors, start_actor, prep_task, prepare_ref, on_result, fail, workers)
+        return _legacy_schedule(ray, units, actors, start_actor, prep_task, prepare_ref, on_result, fail, workers)
     finally:  # also when on_result raises (an OSError writing a part): no actor outlives the run
         for actor in actors:
             ray.kill(actor, no_restart=True)
 
 
-def _schedule(ray, units, actors, start_actor, prep_task, prepare_ref, on_result, fail, workers) -> int:
+def _legacy_schedule(ray, units, actors, start_actor, prep_task, prepare_ref, on_result, fail, workers) -> int:
     """Feed idle actors in unit order; `actors` is updated in place when a dead actor is replaced."""
     from ray.exceptions import RayActorError, RayTaskError
 

@@ -53,3 +53,19 @@ def offline() -> bool:
 def local_only(model_id: str) -> bool:
     """Whether a model load must read the local cache only: a hub id (not a folder) while `offline()`."""
     return not Path(str(model_id)).exists() and offline()
+
+
+def missing_model_message(model_id: str) -> str:
+    """The one line every command prints for a hub model it cannot load offline."""
+    where = "cannot be downloaded here (offline)" if offline() else "could not be downloaded"
+    return (f"model {model_id} is not in the local Hugging Face cache and {where}; fetch it first with "
+            f"`hf download {model_id}` (or `huggingface-cli download {model_id}`), or pass a local folder")
+
+
+def is_cached(model_id: str, filename: str = "config.json") -> bool:
+    """Whether a hub id has `filename` in the local cache (a local folder: whether it exists)."""
+    if Path(str(model_id)).exists():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model_id, filename), str)

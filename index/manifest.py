@@ -8,15 +8,16 @@ so a kill at any point followed by a re-run gives the same manifest as an uninte
 from __future__ import annotations
 
 import json
-import os
+import math
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .engine import BadInput, Interrupted
+from .files import LockError, atomic_write_bytes, atomic_write_text
 from .record import CORE_COLUMNS, SCHEMA_VERSION, STAGE_COLUMNS
 
 META_KEY = b"shotcap.schema_version"
@@ -27,32 +28,6 @@ FREE_PREFIXES = ("score_", "meta_", "x_")
 
 class ManifestError(ValueError):
     """A manifest that cannot be used, with a one-line reason."""
-
-
-# ---------------------------------------------------------------- atomic writes
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: outputs get the modes of a plain open()
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------- manifest read / write
@@ -69,8 +44,13 @@ def _check_columns(columns, path, require_core: bool = True) -> None:
 
 
 def write_manifest(df: pd.DataFrame, path) -> Path:
-    """Write a manifest atomically as Parquet, with the schema version in the file metadata."""
+    """Write a manifest atomically as Parquet, with the schema version in the file metadata.
+    Each clip is on one row: a repeated `clip_id` is a bug of the stage that made the frame, and stops it."""
     _check_columns(df.columns, path)
+    repeated = df["clip_id"][df["clip_id"].duplicated()]
+    if len(repeated):
+        raise RuntimeError(f"{path}: clip_id {repeated.iloc[0]} on more than one row ({len(repeated)} repeats); "
+                           "a manifest holds each clip once")
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[META_KEY] = str(SCHEMA_VERSION).encode()
@@ -134,6 +114,107 @@ def _check_values(df: pd.DataFrame, path) -> pd.DataFrame:
     return df
 
 
+def _row_problem(r) -> str | None:
+    """What is wrong with one row's core values, or None: the ranges every stage relies on."""
+    def num(col):
+        v = r[col]
+        return float(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else math.nan
+
+    if not isinstance(r["clip_id"], str) or not r["clip_id"].strip():
+        return f"clip_id is {r['clip_id']!r}, must be a non-empty text"
+    if not isinstance(r["video_path"], str) or not r["video_path"].strip():
+        return f"video_path is {r['video_path']!r}, must be a path"
+    start, end, n = num("start_frame"), num("end_frame"), num("num_frames")
+    if not start >= 0:
+        return f"start_frame is {r['start_frame']!r}, must be >= 0"
+    if not end > start:
+        return f"end_frame is {r['end_frame']!r}, must be > start_frame ({r['start_frame']!r})"
+    if n != end - start:
+        return f"num_frames is {r['num_frames']!r}, must be end_frame - start_frame ({end - start:g})"
+    for col in ("fps", "width", "height"):
+        v = num(col)
+        if not (math.isfinite(v) and v > 0):
+            return f"{col} is {r[col]!r}, must be a positive number"
+    s0, s1 = num("start_sec"), num("end_sec")
+    if not (math.isfinite(s0) and s0 >= 0):
+        return f"start_sec is {r['start_sec']!r}, must be a number >= 0"
+    if not (math.isfinite(s1) and s1 > s0):
+        return f"end_sec is {r['end_sec']!r}, must be a number > start_sec ({r['start_sec']!r})"
+    return None
+
+
+def check_rows(df: pd.DataFrame, path, stage: str) -> tuple[pd.DataFrame, list[dict]]:
+    """The rows a stage can use, and a failure record (column, value, row) for each one it cannot: values out of
+    range (a negative start_frame, a NaN fps, an empty range) and repeats of a clip_id already seen."""
+    bad, fails = [], []
+    seen: set = set()
+    for i, r in enumerate(df[list(CORE_COLUMNS)].to_dict("records")):
+        why = _row_problem(r)
+        if why is None and r["clip_id"] in seen:
+            why = "clip_id repeats an earlier row (a manifest holds each clip once)"
+        if why is None:
+            seen.add(r["clip_id"])
+            continue
+        bad.append(i)
+        fails.append(failure(r["video_path"], stage, f"{path} row {i} (clip {r['clip_id']}): {why}"))
+    if not bad:
+        return df, []
+    return df.drop(df.index[bad]).reset_index(drop=True), fails
+
+
+def load_manifest(path, stage: str) -> tuple[pd.DataFrame, list[dict]]:
+    """`read_manifest` then `check_rows`: a stage's input, and the failures of the rows it cannot use."""
+    return check_rows(read_manifest(path), path, stage)
+
+
+def check_sources(df: pd.DataFrame, hashes, stage: str) -> tuple[pd.DataFrame, list[dict]]:
+    """The rows whose source file still holds the content they were made from (`hashes`: an
+    `index.files.HashCache`, so an unchanged file costs a stat), and one failure per missing, unreadable or
+    replaced source: a caption or score of other content must never reach the shards."""
+    bad: set = set()
+    fails = []
+    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
+        try:
+            if not Path(path).exists():
+                raise BadInput("video missing")
+            if hashes.sha256(path) != sha:
+                raise BadInput("video changed since it was split (sha256 mismatch)")
+        except BadInput as e:
+            bad.update(rows.index)
+            fails.append(failure(path, stage, f"{len(rows)} clips: {e}"))
+    return (df.drop(index=sorted(bad)) if bad else df), fails
+
+
+def clip_set_units(df: pd.DataFrame, store: "PartStore", salt: str = "") -> list:
+    """One `Unit` per source video holding its clips that `store` has not done yet, so a unit's key covers its
+    clip set: a manifest of more clips of a source done before (a subset first, the whole later) redoes only
+    the new clips. `unit.data` is the rows (dicts, in frame order); `salt`: anything else the output depends on."""
+    import hashlib
+
+    from .engine import Unit
+
+    done = store.done_ids()
+    units = []
+    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
+        todo = rows[~rows["clip_id"].isin(done)].sort_values(["start_frame", "clip_id"], kind="stable")
+        if not len(todo):
+            continue
+        ids = tuple(str(c) for c in todo["clip_id"])
+        key = hashlib.sha256("\n".join([salt, str(sha), *sorted(ids)]).encode()).hexdigest()[:32]
+        units.append(Unit(key, str(path), data=todo.to_dict("records"), weight=len(ids), ids=ids))
+    return units
+
+
+def join_columns(df: pd.DataFrame, parts: pd.DataFrame, columns) -> pd.DataFrame:
+    """A stage's output: the input rows (in their order) that have a part row, with the stage's `columns` from
+    the parts (replacing the input's own copies of those columns; no other column is touched)."""
+    cols = [c for c in columns if c in parts.columns]
+    base = df.drop(columns=[c for c in cols if c in df.columns])
+    if not len(parts):
+        return base.iloc[:0].assign(**{c: pd.Series(dtype=object) for c in cols})
+    return base.merge(parts[["clip_id", *cols]], on="clip_id", how="inner", validate="one_to_one")
+
+
 def export_manifest(df: pd.DataFrame, path) -> Path:
     """Export to .jsonl or .csv (Parquet stays the truth)."""
     path = Path(path)
@@ -146,9 +227,19 @@ def export_manifest(df: pd.DataFrame, path) -> Path:
 
 def run_cli(prog: str, main, argv=None) -> int:
     """Run a stage's main; a full disk or an unwritable folder (OSError while writing our output) is one
-    error line and exit status 2, and what was finished stays on disk for the re-run."""
+    error line and exit status 2, and what was finished stays on disk for the re-run. Ctrl-C is one line and
+    exit status 130; a folder locked by another run is one line and exit status 2."""
     try:
         return main(argv)
+    except Interrupted as e:
+        print(f"{prog}: interrupted: {e}; run the same command again to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted before any work was finished; nothing to resume", file=sys.stderr)
+        return 130
+    except LockError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # reading an input went through its own checks: this is mostly our output
         where = f": {e.filename}" if e.filename else ""
         print(f"{prog}: error: cannot read or write a file ({e.strerror or e}){where}", file=sys.stderr)
@@ -157,9 +248,19 @@ def run_cli(prog: str, main, argv=None) -> int:
 
 # ---------------------------------------------------------------- failures
 
+def display_path(path) -> str:
+    """A path as text that can always be written (a file name that is not valid UTF-8 shows its bytes as \\xNN)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def failure(path, stage: str, reason: str) -> dict:
     reason = " ".join(str(reason).split())[:300]  # always one line
-    return {"path": str(path), "stage": stage, "reason": reason}
+    return {"path": display_path(path), "stage": stage, "reason": reason}
 
 
 def add_retry_arg(parser) -> None:
@@ -184,11 +285,13 @@ def read_failed(out_dir) -> list[dict]:
 # ---------------------------------------------------------------- resumable parts
 
 class PartStore:
-    """One part file per finished unit under OUT_DIR/.parts/STAGE/.
+    """One part file per finished unit under OUT_DIR/.parts/STAGE/, written by the driver only.
 
-    `key` must be filesystem-safe (a hex hash). `config` (options that change the output) is stored
-    on first use; a re-run with different options is refused instead of mixing outputs. A failed unit
-    counts as done (a re-run does not try it again) unless `retry_failed`.
+    `key` must be filesystem-safe (a hex hash) and derived from everything the unit's output depends on. `config`
+    (options that change the output) is stored on first use; a re-run with different options is refused instead
+    of mixing outputs. A failed unit counts as done (a re-run does not try it again) unless `retry_failed`.
+    A failure may name the clip ids it covers (`ids`), so stages whose units are clip sets can tell which clips
+    are done: `done_ids`.
     """
 
     def __init__(self, out_dir, stage: str, config: dict | None = None, retry_failed: bool = False):
@@ -223,29 +326,70 @@ class PartStore:
         atomic_write_bytes(self._part(key), sink.getvalue().to_pybytes())
         self._fail(key).unlink(missing_ok=True)
 
-    def fail(self, key: str, path, reason: str) -> dict:
+    def fail(self, key: str, path, reason: str, ids=()) -> dict:
         rec = failure(path, self.stage, reason)
-        atomic_write_text(self._fail(key), json.dumps(rec, ensure_ascii=False))
+        atomic_write_text(self._fail(key), json.dumps({**rec, "ids": [str(i) for i in ids]}, ensure_ascii=False))
         return rec
 
     def keys(self) -> set[str]:
         return {p.name.split(".")[0] for p in self.dir.glob("*.parquet")}
 
-    def merge(self, sort_by=("video_path", "start_frame"), keys=None) -> tuple[pd.DataFrame, list[dict]]:
-        """All parts as one sorted frame, and the failure records; with `keys`, only those units' (a record
-        named KEY-SUFFIX, a failure of one item of a unit, belongs to unit KEY). The other parts stay on
-        disk, so a unit that comes back is not redone."""
+    def _failures(self) -> list[tuple[str, dict]]:
+        return [(p.name.split(".")[0], json.loads(p.read_text(encoding="utf-8")))
+                for p in sorted(self.dir.glob("*.failed.json"))]
+
+    def done_ids(self, column: str = "clip_id") -> set:
+        """Ids in the parts (and, unless `retry_failed`, in the failures): what a clip-set stage need not redo."""
+        files = sorted(self.dir.glob("*.parquet"))
+        ids = set()
+        if files:
+            ids = set(_dataset(files, [column]).column(column).to_pylist()) if files else set()
+        if not self.retry_failed:
+            for _, rec in self._failures():
+                ids.update(rec.get("ids", ()))
+        return ids
+
+    def merge(self, sort_by=("video_path", "start_frame"), keys=None, ids=None) -> tuple[pd.DataFrame, list[dict]]:
+        """All parts as one sorted frame, and the failure records, read with pyarrow.dataset (threaded).
+        `keys`: only those units' parts (a record named KEY-SUFFIX, a failure of one item of unit KEY, belongs to
+        KEY); `ids`: only rows (and failures) of those clip ids, each clip once (the first part in name order).
+        The other parts stay on disk, so a unit that comes back is not redone."""
         def wanted(p: Path) -> bool:
             stem = p.name.split(".")[0]
             return keys is None or stem in keys or stem.rsplit("-", 1)[0] in keys
 
-        frames = [pd.read_parquet(p) for p in sorted(self.dir.glob("*.parquet")) if wanted(p)]
-        frames = [f for f in frames if len(f)]
-        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(CORE_COLUMNS))
+        files = [p for p in sorted(self.dir.glob("*.parquet")) if wanted(p)]
+        table = _dataset(files) if files else None
+        if table is not None and ids is not None:
+            import pyarrow.compute as pc
+
+            col = table.column("clip_id")
+            table = table.filter(pc.is_in(col, value_set=pa.array(list(ids), type=col.type)))
+        df = table.to_pandas() if table is not None else pd.DataFrame(columns=list(CORE_COLUMNS))
+        if ids is not None and len(df):
+            df = df.drop_duplicates("clip_id", keep="first")
         order = [c for c in sort_by if c in df.columns]
         if order and len(df):
-            df = df.sort_values(order, kind="stable").reset_index(drop=True)
-        fails = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.dir.glob("*.failed.json"))
-                 if wanted(p)]
+            df = df.sort_values(order, kind="stable")
+        df = df.reset_index(drop=True)
+        fails = []
+        for stem, rec in self._failures():
+            if not (keys is None or stem in keys or stem.rsplit("-", 1)[0] in keys):
+                continue
+            if ids is not None and rec.get("ids") and not set(rec["ids"]) & ids:
+                continue
+            fails.append({k: v for k, v in rec.items() if k != "ids"})
         fails.sort(key=lambda r: (r["path"], r["reason"]))
         return df, fails
+
+
+def _dataset(files: list[Path], columns=None) -> pa.Table:
+    """Parquet parts as one table, threaded; parts whose columns differ (a column all null in one part, an int
+    in one and a float in another) are read under their unified schema."""
+    import pyarrow.dataset as ds
+
+    schemas = [pq.read_schema(f).remove_metadata() for f in files]
+    schema = schemas[0] if all(s == schemas[0] for s in schemas) else pa.unify_schemas(
+        schemas, promote_options="permissive")
+    return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(columns=columns,
+                                                                                         use_threads=True)

@@ -27,7 +27,7 @@ class Clip:
     width: int  # display size: after rotation and sample aspect ratio
     height: int
     num_frames: int
-    aspect_ratio: float  # height / width, as Open-Sora records it
+    aspect_ratio: float  # height / width, as Open-Sora records it: 0.5625 for a 16:9 (w:h) frame
 
     @classmethod
     def from_range(cls, video_path: str, video_sha256: str, start_frame: int, end_frame: int,
@@ -66,14 +66,6 @@ def make_clip_id(video_sha256: str, start_frame: int, end_frame: int) -> str:
     """A clip id that survives renames and re-runs: content hash + frame range."""
     h = hashlib.sha256(f"{video_sha256}:{int(start_frame)}:{int(end_frame)}".encode())
     return h.hexdigest()[:20]
-
-
-def file_sha256(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def simplify_ratio(width: int, height: int) -> str:

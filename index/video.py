@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,10 +19,13 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from .engine import BadInput
+from .files import temp_name
+
 Source = "str | os.PathLike | bytes | io.IOBase"
 
 
-class VideoError(RuntimeError):
+class VideoError(BadInput):
     """A source that cannot be used, with a one-line reason (recorded in failed.jsonl)."""
 
 
@@ -286,8 +288,7 @@ class _ClipEncoder:
         self.buffer = io.BytesIO() if dst is None else None
         self.dst = None if dst is None else Path(dst)
         # a name of its own: two copies of one video cut by two workers write the same clip path
-        unique = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.tmp = None if dst is None else self.dst.with_name(f".{self.dst.name}.{unique}.tmp")
+        self.tmp = None if dst is None else temp_name(self.dst)
         self.container = av.open(self.buffer if dst is None else str(self.tmp), "w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"

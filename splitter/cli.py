@@ -19,7 +19,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=sorted(DETECTORS))
     p.add_argument("--detector-options", default="{}", metavar="JSON",
                    help='options for the detector, e.g. \'{"threshold": 0.4}\'')
-    p.add_argument("--workers", type=int, default=1, help="processes, each loads the detector once")
     p.add_argument("--min-sec", type=float, default=2.0, help="drop clips shorter than this (default 2)")
     p.add_argument("--max-sec", type=float, default=20.0,
                    help="cut longer shots into near-equal chunks (default 20; 0: no limit)")
@@ -27,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cut", action="store_true", help="also write each clip as OUT_DIR/clips/CLIP_ID.mp4")
     p.add_argument("--no-progress", action="store_true")
     add_retry_arg(p)
-    add_engine_args(p)
+    add_engine_args(p, "videos")
     return p.parse_args(argv)
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from index.manifest import PartStore, write_failed, write_manifest
-from index.record import CORE_COLUMNS, file_sha256
+from index.files import file_sha256
+from index.record import CORE_COLUMNS
 from index.video import VideoError, clip_rate, cut_clips
 
 from .detectors import DEFAULT_DETECTOR, DETECTORS, detect_shots_decoded, make_detector

@@ -207,7 +207,8 @@ def test_caption_on_ray_equals_local(captioned):
 def test_index_and_shards_on_ray_equal_local(captioned, tmp_path):
     import numpy as np
 
-    from index.cli import index_main, shards_main
+    from index.dedup.cli import index_main
+    from index.shards.cli import shards_main
 
     manifest = captioned / "local" / "clips.parquet"
     for engine in ("local", "ray"):

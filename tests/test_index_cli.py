@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from index.cli import build_index, index_main, search, search_main
-from index.faiss_index import VectorIndex
+from index.dedup.cli import build_index, index_main, search, search_main
+from index.dedup.faiss_index import VectorIndex
 from index.manifest import read_failed, read_manifest, write_manifest
 from test_index_data import make_dataset, manifest_rows
 

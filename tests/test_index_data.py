@@ -13,7 +13,8 @@ import pandas as pd
 
 from index import synth
 from index.manifest import read_manifest, write_manifest
-from index.record import Clip, file_sha256
+from index.files import file_sha256
+from index.record import Clip
 from index.synth import ShotSpec
 from index.video import probe, write_video
 

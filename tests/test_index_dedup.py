@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from index import faiss_index
-from index.dedup import (assign_groups, connected_components, near_duplicate_pairs,
+from index.dedup import faiss_index
+from index.dedup.groups import (assign_groups, connected_components, near_duplicate_pairs,
                          nearest_neighbour_similarity)
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from index import video
-from index.dedup import DEFAULT_THRESHOLD
-from index.embed import (HFImageEmbedder, SignatureEmbedder, TextEmbedder, frame_hash, make_visual_embedder)
+from index.dedup.groups import DEFAULT_THRESHOLD
+from index.dedup.embed import (HFImageEmbedder, SignatureEmbedder, TextEmbedder, frame_hash, make_visual_embedder)
 
 
 def _shots(realdata, name):

@@ -15,9 +15,9 @@ import pytest
 import webdataset as wds
 import yaml
 
-from index.cli import shards_main
+from index.shards.cli import shards_main
 from index.manifest import read_failed, read_manifest
-from index.shards import bucket_of, build_shards, parse_size, safe_key
+from index.shards.build import bucket_of, build_shards, parse_size, safe_key
 from index.video import read_frames
 from test_index_data import make_dataset, manifest_rows
 
@@ -157,7 +157,7 @@ def test_buckets_and_sizes():
 
 
 def test_cli_with_index_opensora_csv_and_data_card(data, tmp_path):
-    from index.cli import index_main
+    from index.dedup.cli import index_main
 
     assert index_main([str(data["manifest"]), "-o", str(tmp_path / "idx")]) == 0
     out = tmp_path / "shards"
@@ -196,7 +196,7 @@ def test_malformed_manifest_is_a_usage_error(tmp_path, capsys):
 
 
 def test_tar_headers_are_the_standard_ustar_bytes():
-    from index.shards import _ustar_header
+    from index.shards.build import _ustar_header
 
     info = tarfile.TarInfo("0123abcd.json")
     info.size, info.mtime, info.mode, info.uname, info.gname = 1234, 0, 0o644, "", ""

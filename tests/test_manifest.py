@@ -106,7 +106,7 @@ def test_parts_refuse_other_options(tmp_path):
 
 
 def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
-    from index.manifest import atomic_write_text
+    from index.files import atomic_write_text
 
     plain = tmp_path / "plain.txt"
     plain.write_text("x")

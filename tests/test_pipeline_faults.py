@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20240606
 CAPTION = ["--num-frames", "4", "--max-new-tokens", "8", "--batch-size", "4", "--quiet"]
-SHARDS_MAIN = "import sys; from index.cli import shards_main; sys.exit(shards_main(sys.argv[1:]))"
+SHARDS_MAIN = "import sys; from index.shards.cli import shards_main; sys.exit(shards_main(sys.argv[1:]))"
 TRAIN = ["data.buckets=[[4,16,16]]", "data.batch_size=2", "text.max_length=8", "optim.warmup_steps=1",
          "train.ckpt_every=2", "train.log_every=1"]
 
@@ -46,7 +46,7 @@ def commands(work: Path, raw: Path, model: Path) -> dict[str, list[str]]:
                   "--no-progress"],
         "caption": [py, "-m", "captioner.cli", str(work / "split" / "clips.parquet"), "-o", str(work / "cap"),
                     "--model", str(model), *CAPTION],
-        "index": [py, "-m", "index.cli", str(work / "cap" / "clips.parquet"), "-o", str(work / "idx")],
+        "index": [py, "-m", "index.dedup.cli", str(work / "cap" / "clips.parquet"), "-o", str(work / "idx")],
         "shards": [py, "-c", SHARDS_MAIN, str(work / "cap" / "clips.parquet"), "-o", str(work / "shards"),
                    "--index", str(work / "idx"), "--shard-size", "40KB"],
     }
@@ -200,7 +200,7 @@ def test_kill_at_a_random_point_then_rerun_gives_the_same_outputs(stage, referen
 # ---------------------------------------------------------------- hostile inputs
 
 def test_hostile_corpus_and_a_source_deleted_between_stages(raw, tiny_vlm, tmp_path):
-    from index.hostile import make_corpus
+    from hostile import make_corpus
 
     corpus = make_corpus(tmp_path / "raw")
     work = tmp_path / "work"

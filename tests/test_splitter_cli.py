@@ -133,7 +133,7 @@ def test_retry_failed_redoes_a_video_that_failed_for_a_passing_reason(sample_vid
 
 
 def test_cut_clips_of_a_vfr_file_last_as_long_as_their_range(tmp_path):
-    from index import hostile
+    import hostile
     from index.video import probe
 
     raw = tmp_path / "raw"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from index import hostile
+import hostile
 from index.manifest import read_manifest
 from splitter.cli import main
 

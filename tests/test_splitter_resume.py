@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from index import hostile, synth
+import hostile
+from index import synth
 from index.manifest import read_failed, read_manifest
 from splitter.pipeline import STAGE, split_videos
 

@@ -119,7 +119,7 @@ def test_a_corrupt_clip_is_skipped_not_fatal(tmp_path):
 
 def test_reads_the_shards_that_build_shards_writes(tmp_path, squares):
     from index.manifest import read_manifest
-    from index.shards import build_shards
+    from index.shards.build import build_shards
 
     df = read_manifest(squares)
     df["video_path"] = [str(squares.parent / p) for p in df["video_path"]]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from index import hostile
+import hostile
 from index.video import VideoError, iter_frames, probe
 
 

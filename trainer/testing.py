@@ -78,7 +78,8 @@ def make_square_manifest(out_dir, count: int = 16, frames: int = 8, size: int = 
                          seed: int = 0, square: int | None = None, jitter: int | None = None) -> Path:
     """`count` captioned mp4 clips of moving squares (all colour x direction pairs in turn) + clips.parquet."""
     from index.manifest import write_manifest
-    from index.record import Clip, file_sha256
+    from index.files import file_sha256
+    from index.record import Clip
     from index.video import write_video
 
     out = Path(out_dir)

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script (accelerate launch trainer/trai
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index.manifest import atomic_write_text
+from index.files import atomic_write_text
 from trainer.config import load_config
 from trainer.data import BucketSampler, collate, open_dataset
 from trainer.diffusion import build_diffusion

@@ -16,7 +16,8 @@ from string import Template
 import numpy as np
 import pandas as pd
 
-from .manifest import atomic_write_bytes, atomic_write_text, read_failed
+from ..files import atomic_write_bytes, atomic_write_text
+from ..manifest import read_failed
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "TEMPLATE.md"
 STOPWORDS = set("""a an the and or of in on at to with from by for is are was were be been it its this that
@@ -71,7 +72,7 @@ def _plots(df: pd.DataFrame) -> dict[str, bytes]:
     a1.barh(res.index[::-1], res.to_numpy()[::-1], color="#55a868")
     a1.set_xlabel("clips")
     a1.set_title("resolution")
-    from .record import simplify_ratio
+    from ..record import simplify_ratio
     ar = pd.Series([simplify_ratio(w, h) for w, h in zip(df["width"], df["height"])]).value_counts().head(10)
     a2.bar(ar.index, ar.to_numpy(), color="#8172b2")
     a2.set_title("aspect ratio (w:h)")

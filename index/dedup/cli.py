@@ -1,4 +1,4 @@
-"""Console scripts: `index-clips`, `search-clips`, `build-shards`.
+"""Console scripts: `index-clips`, `search-clips`.
 
 INDEX_DIR (written by index-clips, grows with every manifest added):
   clips.parquet          every indexed clip (all manifests added, in order) + dup_group, keep, x_batch
@@ -22,15 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import dedup as dd
 from . import faiss_index
+from . import groups as dd
 from .embed import TextEmbedder, frame_hash, make_visual_embedder
-from .engine import EngineOptions, add_engine_args, options_from_args, run_units
-from .manifest import ManifestError, PartStore, atomic_write_bytes, atomic_write_text, read_manifest
-from .manifest import add_retry_arg, write_failed, write_manifest
-from .record import file_sha256
-from .shards import remove_stale_temps
-from .video import VideoError, iter_frames, sample_indices
+from ..engine import EngineOptions, add_engine_args, options_from_args, run_units
+from ..files import atomic_write_bytes, atomic_write_text, file_sha256, remove_own_temps
+from ..manifest import ManifestError, PartStore, read_manifest
+from ..manifest import add_retry_arg, write_failed, write_manifest
+from ..video import VideoError, iter_frames, sample_indices
 
 STAGE = "embed"
 
@@ -162,7 +161,7 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
     manifest_path, index_dir = Path(manifest_path), Path(index_dir)
     df = read_manifest(manifest_path)
     index_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(index_dir)
+    remove_own_temps(index_dir)
     batch, batches = _batch(index_dir, manifest_path)
     visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code)
     text = TextEmbedder(text_model)
@@ -172,7 +171,7 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
         embed_manifest(df, index_dir, visual, text, batch, progress, engine, make_worker, retry_failed)
         return _finish_index(manifest_path, index_dir, visual, text, batches, threshold, method, index_kind)
     except BaseException:
-        remove_stale_temps(index_dir)  # an interrupted atomic write leaves nothing behind
+        remove_own_temps(index_dir)  # an interrupted atomic write leaves nothing behind
         raise
 
 
@@ -228,7 +227,7 @@ def _save_histogram(index_dir: Path, nn: np.ndarray, threshold: float) -> None:
     buf = io.BytesIO()
     np.savez(buf, nearest=nn, bins=bins, counts=counts, threshold=threshold)
     atomic_write_bytes(index_dir / "similarity.npz", buf.getvalue())
-    from .card import similarity_plot
+    from ..shards.card import similarity_plot
     atomic_write_bytes(index_dir / "similarity_hist.png", similarity_plot(nn, threshold))
 
 
@@ -244,9 +243,8 @@ def index_main(argv=None) -> int:
     ap.add_argument("--method", choices=["auto", "exact", "partitioned"], default="auto")
     ap.add_argument("--index-kind", choices=["auto", "flat", "ivf"], default="auto")
     ap.add_argument("--trust-remote-code", action="store_true")
-    ap.add_argument("--workers", type=int, default=1, help="with --engine ray: embedding actors (default 1)")
     add_retry_arg(ap)
-    add_engine_args(ap)
+    add_engine_args(ap, "source videos")
     args = ap.parse_args(argv)
     from rich.console import Console
     from rich.progress import Progress
@@ -325,42 +323,6 @@ def search_main(argv=None) -> int:
     console.print(table)
     return 0
 
-
-# ---------------------------------------------------------------- build-shards
-
-def shards_main(argv=None) -> int:
-    from .card import write_card
-    from .shards import build_shards, parse_size
-
-    ap = argparse.ArgumentParser(prog="build-shards", description="WebDataset shards + index.parquet + DATA_CARD.md")
-    ap.add_argument("manifest")
-    ap.add_argument("-o", "--out", required=True, help="SHARDS_DIR")
-    ap.add_argument("--index", default=None, help="INDEX_DIR from index-clips: drop clips with keep=False")
-    ap.add_argument("--no-dedup", action="store_true", help="keep duplicates")
-    ap.add_argument("--shard-size", default="1GB")
-    ap.add_argument("--format", choices=["webdataset", "opensora-csv"], default="webdataset")
-    ap.add_argument("--name", default=None, help="dataset name for the data card")
-    ap.add_argument("--card-template", default=None, help="data card template (default: data_cards/TEMPLATE.md)")
-    ap.add_argument("--workers", type=int, default=1, help="with --engine ray: clip-cutting actors (default 1)")
-    add_engine_args(ap)
-    args = ap.parse_args(argv)
-    from rich.console import Console
-    from rich.progress import Progress
-    console = Console(stderr=True)
-    try:
-        df = read_manifest(args.manifest)
-        size = parse_size(args.shard_size)
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("cutting clips", total=len(df))
-            rep = build_shards(df, args.out, args.index, not args.no_dedup, size, args.format,
-                               progress=lambda n: bar.advance(task, n), engine=options_from_args(args))
-        write_card(args.out, df, rep, index_dir=args.index, name=args.name, template=args.card_template)
-    except (ManifestError, ValueError, OSError) as e:
-        return _error(e)
-    dropped = ", ".join(f"{n} {why}" for why, n in rep.dropped.items()) or "none"
-    console.print(f"{rep.samples} clips in {len(rep.shards) or args.format} shards under {args.out}; "
-                  f"failed {len(rep.failures)} (failed.jsonl); dropped: {dropped}")
-    return 0 if rep.samples or not len(df) else 1
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .synth import render
-from .video import write_video
+from index.synth import render
+from index.video import write_video
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .hub import local_only, offline
+from ..hub import local_only, missing_model_message
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -189,9 +189,7 @@ class _model_errors:
             return False
         if Path(self.model_id).exists():
             raise ValueError(f"{self.model_id}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
-        hint = " (offline: HF_HUB_OFFLINE is set or the hub is unreachable)" if offline() else ""
-        raise ValueError(f"model {self.model_id!r} is not in the Hugging Face cache{hint}; download it with "
-                         f"`huggingface-cli download {self.model_id}` or pass a local folder") from None
+        raise ValueError(missing_model_message(self.model_id)) from None
 
 
 VISUAL_EMBEDDERS: dict[str, type[VisualEmbedder]] = {

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .dedup import load_dedup
-from .manifest import atomic_write_bytes, atomic_write_text, failure, write_failed
-from .record import file_sha256
-from .video import VideoError, clip_rate, cut_clips
+from ..dedup.groups import load_dedup
+from ..files import atomic_write_bytes, atomic_write_text, file_sha256, remove_own_temps, temp_name
+from ..manifest import failure, write_failed
+from ..video import VideoError, clip_rate, cut_clips
 
 STAGE = "shards"
 RES_BUCKETS = ((144, "144p"), (240, "240p"), (360, "360p"), (480, "480p"), (720, "720p"), (1080, "1080p"),
@@ -120,7 +120,7 @@ def _tar_member(f, name: str, data: bytes) -> None:
 def write_shard(path, samples: list[tuple[str, dict, Path]]) -> int:
     """Write one tar (temp name, fsync, rename): (key, manifest row, staged mp4) per sample. Returns bytes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_name(path)
     with open(tmp, "wb", buffering=1 << 20) as f:
         for key, row, mp4 in samples:
             _tar_member(f, f"{key}.mp4", Path(mp4).read_bytes())
@@ -224,13 +224,6 @@ def _stage_remote(staging: Path, unit: tuple):
         return (e.errno, f"{e.strerror or e} ({e.filename or staging})")
 
 
-def remove_stale_temps(folder: Path) -> None:
-    """Temp files (`.NAME[.XXXX].tmp`) that an interrupted run left: the atomic writes never finished."""
-    for tmp in Path(folder).rglob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-
-
 def _list_shards(out_dir: Path) -> dict[str, list[tarfile.TarInfo]]:
     out = {}
     for tar_path in sorted(out_dir.glob("*.tar")):
@@ -269,11 +262,11 @@ def build_shards(df: pd.DataFrame, out_dir, index_dir=None, dedup: bool = True, 
         raise ValueError(f"unknown format {fmt!r} (webdataset, opensora-csv)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
+    remove_own_temps(out_dir, out_dir / ".staging", out_dir / "clips")
     try:
         return _build(df, out_dir, index_dir, dedup, shard_size, fmt, progress, engine)
     except BaseException:
-        remove_stale_temps(out_dir)  # an interrupted atomic write leaves nothing behind
+        remove_own_temps(out_dir, out_dir / ".staging", out_dir / "clips")  # an interrupted write leaves nothing
         raise
 
 

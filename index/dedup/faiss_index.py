@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from .manifest import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 
 FLAT_MAX = 1_000_000
 

@@ -214,7 +214,7 @@ def load_dedup(index_dir) -> pd.DataFrame:
     """The index folder's clip table: clip_id, video_path, dup_group, keep (+ the manifest columns)."""
     from pathlib import Path
 
-    from .manifest import read_manifest
+    from ..manifest import read_manifest
 
     path = Path(index_dir) / "clips.parquet"
     if not path.exists():

@@ -1,0 +1,1 @@
+"""Embeddings, FAISS indexes and duplicate groups: `index-clips` and `search-clips`."""

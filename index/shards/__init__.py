@@ -1,0 +1,1 @@
+"""Training shards and their data card: `build-shards`."""
