@@ -12,30 +12,39 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from index.engine import EngineError, add_engine_args, options_from_args
-from index.manifest import ManifestError, add_retry_arg, read_manifest, run_cli, write_failed, write_manifest
+import pandas as pd
+
+from index.engine import UsageError, add_engine_args, options_from_args, run_stage
+from index.files import HashCache, OutputLock, command_line
+from index.manifest import (ManifestError, PartStore, add_retry_arg, check_sources, load_manifest, run_cli,
+                            write_failed, write_manifest)
 
 from .backends import BACKENDS, make_backend
 from .frames import FramePolicy
-from .models import ALIASES, ModelError, resolve_model
-from .pipeline import Captioner, caption_one, decode_unit
+from .models import ALIASES, ModelError, ensure_available, resolve_model
+
+DEFAULT_MODEL = "qwen-vl"
+from .pipeline import CaptionStage, Captioner, stage_name
 from .prompts import PromptError, load_prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="caption-videos", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="caption-videos", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input", help="clips manifest (.parquet/.jsonl/.csv) or a folder of raw videos")
     p.add_argument("-o", "--out", required=True, help="output folder (clips.parquet, failed.jsonl)")
-    p.add_argument("--model", default="qwen-vl", help=f"alias ({', '.join(ALIASES)}), Hugging Face id or folder")
-    p.add_argument("--backend", default="transformers", choices=sorted(BACKENDS))
+    p.add_argument("--model", default=None,
+                   help=f"alias ({', '.join(ALIASES)}), Hugging Face id or local folder (default: {DEFAULT_MODEL} = "
+                        f"{ALIASES[DEFAULT_MODEL].model_id}, downloaded from the hub on first use, about 16 GB)")
+    p.add_argument("--backend", default="transformers", choices=sorted(BACKENDS), help="how the model runs")
     p.add_argument("--prompt", default="detailed", help="prompt id from prompts/ or a .txt file")
     frames = p.add_mutually_exclusive_group()
-    frames.add_argument("--num-frames", type=int, default=8, help="uniform frames per clip (default 8)")
+    frames.add_argument("--num-frames", type=int, default=8, help="uniform frames per clip")
     frames.add_argument("--sample-fps", type=float, default=None, help="sample frames at this rate instead")
     p.add_argument("--max-frames", type=int, default=32, help="cap on frames per clip with --sample-fps")
-    p.add_argument("--max-pixels", type=int, default=None, help="pixels per frame cap (Qwen: 360*420)")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per generate call (default 16)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-pixels", type=int, default=None, help="pixels per frame cap (Qwen default: 360*420)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per generate call")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest caption, in tokens")
     p.add_argument("--two-pass", action="store_true", help="describe frames one by one, then summarise them")
     p.add_argument("--summary-model", default=None, help="text LLM for the two-pass summary (default: same model)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -43,49 +52,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default=None, help="shot detector when INPUT is a folder (splitter default)")
     p.add_argument("--min-sec", type=float, default=None, help="shortest clip when INPUT is a folder")
     p.add_argument("--max-sec", type=float, default=None, help="longest clip when INPUT is a folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--rehash", action="store_true",
+                   help="hash every source again instead of trusting the cached hashes of unchanged files")
     add_retry_arg(p)
     add_engine_args(p, "source videos")
     return p
 
 
 def load_input(src: Path, out_dir: Path, split_options: dict | None = None) -> tuple:
-    """(manifest DataFrame, failures of the split step)."""
+    """(manifest DataFrame, failures of the split step or of rows that cannot be used, folder of the manifest)."""
     if src.is_dir():
         from splitter import split_videos  # the splitter's public entry point
 
         options = {k: v for k, v in (split_options or {}).items() if v is not None}
         df, failures = split_videos(src, out_dir / "split", **options)
-        return df, list(failures)
+        return df, list(failures), out_dir / "split"
     if not src.exists():
         raise ManifestError(f"{src}: no such file or folder")
-    return read_manifest(src), []
+    df, failures = load_manifest(src, "caption")
+    return df, failures, src.parent
 
 
-def _progress(total: int, quiet: bool):
-    if quiet:
-        return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   transient=True)
-    task = bar.add_task("clips", total=total)
-    return bar, lambda n: bar.advance(task, n)
-
-
-def print_summary(summary, failures, out_path: Path) -> None:
+def print_summary(counts: dict, failures, out_path: Path, timings: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title="caption-videos", show_header=False)
-    rows = [("clips", summary.clips), ("captioned now", summary.captioned), ("already done", summary.skipped),
-            ("flagged (failed checks after a retry)", summary.flagged), ("output tokens", summary.output_tokens),
-            ("tokens/s", f"{summary.tokens_per_s:.1f}"), ("failures", len(failures)),
-            ("time split (s)", ", ".join(f"{k[:-2]} {v}" for k, v in summary.timings.items()) or "-"),
-            ("manifest", str(out_path))]
+    rows = [("clips", counts["clips"]), ("captioned now", counts["captioned"]), ("already done", counts["skipped"]),
+            ("flagged (failed checks after a retry)", counts["flagged"]), ("output tokens (now)", counts["tokens"]),
+            ("tokens/s", f"{counts['tokens'] / counts['seconds']:.1f}" if counts["seconds"] else "-"),
+            ("failures", len(failures)),
+            ("time split (s)", ", ".join(f"{k[:-2]} {v:.2f}" for k, v in timings.items()) or "-"),
+            ("manifest", str(out_path)), ("failures list", str(out_path.parent / "failed.jsonl"))]
     for k, v in rows:
         t.add_row(k, str(v))
     Console(stderr=True).print(t)
+    for f in failures[:10]:
+        print(f"  failed: {f['path']}: {f['reason']}", file=sys.stderr)
+    if len(failures) > 10:
+        print(f"  ... {len(failures) - 10} more in {out_path.parent / 'failed.jsonl'}", file=sys.stderr)
 
 
 def build_captioner(args, spec, prompt, policy, load: bool = True) -> Captioner:
@@ -93,36 +99,22 @@ def build_captioner(args, spec, prompt, policy, load: bool = True) -> Captioner:
                            trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels)
     if load:
         backend = backend.load()
+    elif hasattr(backend, "processor"):  # frame sizes for decoding without the model (Ray decode tasks)
+        from transformers import AutoProcessor
+
+        from .models import ensure_available, missing_weights_message
+
+        ensure_available(spec)
+        try:
+            backend.processor = AutoProcessor.from_pretrained(spec.model_id, trust_remote_code=args.trust_remote_code)
+        except OSError:
+            raise ModelError(missing_weights_message(spec.model_id)) from None
     two_pass = None
     if args.two_pass:
         from .twopass import TwoPass
 
         two_pass = TwoPass.create(backend, args.summary_model, trust_remote_code=args.trust_remote_code, load=load)
     return Captioner(backend, prompt, policy, args.max_new_tokens, two_pass=two_pass)
-
-
-def actor_worker(args, spec, prompt, policy):
-    """Runs inside each Ray actor: the model is loaded once there."""
-    return partial(caption_one, build_captioner(args, spec, prompt, policy))
-
-
-def with_processor(captioner: Captioner):
-    """The driver's captioner for Ray decode tasks: the processor alone (frame sizes), no model; None when the
-    backend cannot say its frame sizes without the model (the actors then decode)."""
-    backend = captioner.backend
-    if not hasattr(backend, "processor"):
-        return None
-    from transformers import AutoProcessor
-
-    from .models import ensure_available, missing_weights_message
-
-    ensure_available(backend.spec)  # a missing model is this process's one-line error, not every actor's
-    try:
-        backend.processor = AutoProcessor.from_pretrained(backend.spec.model_id,
-                                                          trust_remote_code=backend.trust_remote_code)
-    except OSError:
-        raise ModelError(missing_weights_message(backend.spec.model_id)) from None
-    return captioner
 
 
 def main(argv=None) -> int:
@@ -133,49 +125,62 @@ def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out)
     try:
-        spec = resolve_model(args.model, args.trust_remote_code)
+        if not Path(args.input).exists():
+            raise ManifestError(f"{args.input}: no such file or folder")
+        spec = resolve_model(args.model or DEFAULT_MODEL, args.trust_remote_code)
         prompt = load_prompt(args.prompt)
         policy = FramePolicy(num_frames=args.num_frames, sample_fps=args.sample_fps, max_frames=args.max_frames)
-        split_options = dict(detector=args.detector, min_sec=args.min_sec, max_sec=args.max_sec,
-                             progress=not args.quiet, retry_failed=args.retry_failed)
-        df, split_failures = load_input(Path(args.input), out_dir, split_options)
-    except (ModelError, PromptError, ManifestError, ValueError) as e:
+        engine = options_from_args(args, not args.quiet)
+        ensure_available(spec)  # offline and not in the cache: one line now, not after the split
+    except (ModelError, PromptError, UsageError) as e:
+        default = "" if args.model else f"no --model given, so the default {DEFAULT_MODEL} is used: "
+        print(f"caption-videos: error: {default}{e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # FramePolicy's checks
         print(f"caption-videos: error: {e}", file=sys.stderr)
         return 2
+    try:
+        with OutputLock(out_dir, command_line()):
+            split_options = dict(detector=args.detector, min_sec=args.min_sec, max_sec=args.max_sec,
+                                 progress=not args.quiet, retry_failed=args.retry_failed, engine=engine)
+            df, input_failures, input_dir = load_input(Path(args.input), out_dir, split_options)
+            return _caption(args, spec, prompt, policy, engine, df, input_failures, input_dir, out_dir)
+    except (ModelError, PromptError, UsageError) as e:
+        print(f"caption-videos: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _caption(args, spec, prompt, policy, engine, df, input_failures, input_dir, out_dir) -> int:
     if not len(df):
-        write_failed(out_dir, split_failures)
-        print("caption-videos: no clips to caption", file=sys.stderr)
+        write_failed(out_dir, input_failures)
+        where = (f"the split of {args.input} made no clip" if Path(args.input).is_dir()
+                 else f"{args.input} holds no usable clip")
+        print(f"caption-videos: no clips to caption: {where}; reasons in {out_dir / 'failed.jsonl'}", file=sys.stderr)
+        for f in input_failures[:10]:
+            print(f"  failed: {f['path']}: {f['reason']}", file=sys.stderr)
         return 1
-    try:
-        engine = options_from_args(args)
-        remote = engine.engine == "ray"  # the model is loaded in the actors, not here
-        captioner = build_captioner(args, spec, prompt, policy, load=not remote)
-        make_worker = partial(actor_worker, args, spec, prompt, policy) if remote else None
-        decoder = with_processor(captioner) if remote and not args.summary_model else None
-        prepare = partial(decode_unit, decoder) if decoder is not None else None
-    except (ModelError, PromptError, ValueError) as e:
-        print(f"caption-videos: error: {e}", file=sys.stderr)
-        return 2
-    bar, advance = _progress(len(df), args.quiet)
-    try:
-        if bar is not None:
-            bar.start()
-        merged, failures, summary = captioner.run(df, out_dir, progress=advance, engine=engine,
-                                                  make_worker=make_worker, prepare=prepare,
-                                                  retry_failed=args.retry_failed)
-    except (ManifestError, EngineError) as e:  # e.g. the folder holds a run made with other options
-        print(f"caption-videos: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if bar is not None:
-            bar.stop()
-    failures = sorted(split_failures + failures, key=lambda r: (r["path"], r["stage"], r["reason"]))
+    with HashCache(out_dir, also=[input_dir], rehash=args.rehash) as hashes:
+        df, source_failures = check_sources(df, hashes, "caption")
+    remote = engine.engine == "ray"
+    captioner = build_captioner(args, spec, prompt, policy, load=False)
+    store = PartStore(out_dir, stage_name(captioner.model_id, captioner.prompt_id), captioner.config(),
+                      args.retry_failed)
+    build = partial(build_captioner, args, spec, prompt, policy)
+    stage = CaptionStage(df, store, captioner, build, decode_ahead=remote and not args.summary_model)
+    report = run_stage(stage, store, engine)
+    merged, failures = stage.merge(store)
+    failures = sorted(input_failures + source_failures + failures, key=lambda r: (r["path"], r["stage"], r["reason"]))
     out_path = out_dir / "clips.parquet"
     write_manifest(merged, out_path)
     write_failed(out_dir, failures)
-    print_summary(summary, failures, out_path)
+    fresh = merged["clip_id"].isin({i for u in report.processed for i in u.ids})
+    flags = merged["caption_flags"].fillna("") if "caption_flags" in merged else pd.Series([], dtype=str)
+    counts = {"clips": len(df), "captioned": int(fresh.sum()), "skipped": int(len(merged) - fresh.sum()),
+              "flagged": int((flags != "").sum()), "seconds": report.seconds,
+              "tokens": int(merged.loc[fresh, "caption_tokens"].fillna(0).sum()) if "caption_tokens" in merged else 0}
+    print_summary(counts, failures, out_path, stage.timings())
     captions = merged["caption"].notna().sum() if "caption" in merged.columns else 0
-    return 0 if captions or not len(df) else 1
+    return 0 if captions else 1
 
 
 if __name__ == "__main__":

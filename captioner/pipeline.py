@@ -1,14 +1,16 @@
-"""Caption a clips manifest: one unit = one source video's clips, resumable with `index.manifest.PartStore`.
+"""Caption a clips manifest: the caption stage on `index.engine`, one unit = one source video's clips not yet done.
 
 For each source: decode the sampled frames of its clips in one pass, handing them on in chunks of a few batches
 (so a long film never holds all its clips' frames), render the prompt per clip, generate in batches, check
-every caption, retry the failed ones once, flag what still fails, write the unit's part.
+every caption, retry the failed ones once, flag what still fails. The driver writes the unit's part (clip_id and
+the caption columns); the output is the input rows joined with the caption columns of their parts.
 Clips that already carry a caption by the same model and prompt are passed through untouched.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -16,9 +18,8 @@ from typing import Iterator
 
 import pandas as pd
 
-from index.engine import EngineOptions, run_units
-from index.manifest import PartStore
-from index.video import VideoError
+from index.engine import BadInput, Output, Stage, Unit
+from index.manifest import PartStore, clip_set_units, join_columns
 
 from .backends.base import Backend, GenerateOptions, Request
 from .checks import check_caption
@@ -56,37 +57,6 @@ def _already(row: dict, model_id: str, prompt_id: str) -> bool:
     cap = row.get("caption")
     return (isinstance(cap, str) and bool(cap) and row.get("caption_model") == model_id
             and row.get("prompt_id") == prompt_id)
-
-
-def decode_unit(captioner: "Captioner", unit: tuple) -> tuple:
-    """The CPU half of a unit, run as a Ray task ahead of the model actors: (unit, frames or failure reason).
-    `captioner` needs the backend's processor only (`frame_size`, `frame_count`), not the model. A source with
-    more clips than one chunk is left to the actor (frames None), which streams it chunk by chunk."""
-    _, path, rows = unit
-    todo = captioner.todo(rows)
-    if len(todo) > captioner.chunk_clips:
-        return unit, None
-    try:
-        return unit, load_clip_frames(path, todo, captioner.policy, captioner.backend.frame_size,
-                                      captioner.backend.frame_count)
-    except VideoError as e:
-        return unit, str(e)
-
-
-def caption_one(captioner: "Captioner", item: tuple) -> tuple:
-    """A Ray actor's unit: ('ok', (part, unreadable), backend stats spent) or ('fail', one-line reason, {}).
-    `item` is a unit, or `decode_unit`'s (unit, frames) when decoding runs in separate tasks."""
-    unit, frames = (item, None) if len(item) == 3 else item
-    if isinstance(frames, str):
-        return "fail", frames, {}
-    if frames is not None:  # arrays from Ray's object store are read-only; the processors expect their own
-        frames = {cid: (arr.copy(), idx) for cid, (arr, idx) in frames.items()}
-    before = dict(captioner.backend.stats)
-    try:
-        result = captioner.caption_unit(unit[1], unit[2], frames=frames)
-    except VideoError as e:
-        return "fail", str(e), {}
-    return "ok", result, {k: v - before.get(k, 0.0) for k, v in captioner.backend.stats.items()}
 
 
 class Captioner:
@@ -196,68 +166,74 @@ class Captioner:
                 return
             yield chunk
 
-    # ------------------------------------------------------------ a manifest
-    def run(self, df: pd.DataFrame, out_dir, progress=None, engine: EngineOptions | None = None,
-            make_worker=None, prepare=None, retry_failed: bool = False) -> tuple[pd.DataFrame, list[dict], Summary]:
-        """Caption every unit not done yet. With `engine.engine == "ray"`, `make_worker()` (picklable) builds
-        the captioner in each Ray actor (`caption_one` runs there), `prepare` (`decode_unit`) decodes frames in
-        separate CPU tasks, and the parts are written here as locally."""
-        store = PartStore(out_dir, stage_name(self.model_id, self.prompt_id), self.config(), retry_failed)
-        summary = Summary(clips=len(df))
-        t_start = time.perf_counter()
-        tokens_before = self.backend.stats["output_tokens"]
-        remote = engine is not None and engine.engine == "ray"
-        units, current = [], set()
-        for (path, sha), group in df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
-            key = unit_key(path, sha)
-            current.add(key)
-            rows = group.sort_values("start_frame").to_dict("records")
-            if store.done(key):
-                summary.skipped += len(rows)
-            elif remote:
-                units.append((key, path, rows))
-                continue
-            else:
-                try:
-                    result = self.caption_unit(path, rows)
-                except VideoError as e:
-                    store.fail(key, path, str(e))
-                else:
-                    self._write(store, key, path, rows, *result, summary)
-            if progress is not None:
-                progress(len(rows))
 
-        def on_result(unit, result) -> None:
-            key, path, rows = unit
-            if result[0] == "ok":
-                self._write(store, key, path, rows, *result[1], summary)
-                for k, v in result[2].items():
-                    self.backend.stats[k] += v
-            else:
-                store.fail(key, path, result[1])
-            if progress is not None:
-                progress(len(rows))
+# ---------------------------------------------------------------- the stage
 
-        if units:
-            run_units(units, make_worker, on_result, prepare=prepare, options=engine,
-                      on_error=lambda unit, reason: on_result(unit, ("fail", reason)))
-        # parts and failures of sources no longer in the input (or since changed) stay on disk, not in the output
-        merged, failures = store.merge(keys=current)
-        if len(merged):
-            merged = merged[merged["clip_id"].isin(set(df["clip_id"]))].reset_index(drop=True)
-        if "caption_flags" in merged.columns:
-            summary.flagged = int((merged["caption_flags"].fillna("") != "").sum())
-        summary.output_tokens = int(self.backend.stats["output_tokens"] - tokens_before)
-        summary.seconds = time.perf_counter() - t_start
-        summary.timings = {k: round(v, 3) for k, v in self.backend.stats.items() if k.endswith("_s")}
-        return merged, failures, summary
+def _model_captioner(build, key) -> Captioner:
+    """One captioner per process (a Ray prepare task runs in a pooled worker: the processor loads once there)."""
+    if key not in _CAPTIONERS:
+        _CAPTIONERS[key] = build()
+    return _CAPTIONERS[key]
 
-    def _write(self, store: PartStore, key: str, path: str, rows: list[dict], part: pd.DataFrame,
-               unreadable: list[str], summary: Summary) -> None:
-        for cid in unreadable:
-            store.fail(f"{key}-{cid}", path, f"clip {cid}: its frames lie past the end of the video")
-        fresh = part.get("clip_id", pd.Series(dtype=str)).isin(
-            [r["clip_id"] for r in rows if not _already(r, self.model_id, self.prompt_id)])
-        summary.captioned += int(fresh.sum())
-        summary.skipped += int((~fresh).sum())
-        store.write(key, part)
+
+_CAPTIONERS: dict = {}
+
+
+class CaptionStage(Stage):
+    """`build(load: bool) -> Captioner` makes the captioner: with the model (`load=True`, once per worker) or with
+    the processor alone (frame sizes for the Ray decode tasks). `df`: the clips to caption (range-checked rows
+    of sources that still hold their content)."""
+
+    name = "caption"
+    unit_name = "clips"
+    uses_gpu = True
+    driver_only = ("df", "captioner", "store", "already", "loaded")
+
+    def __init__(self, df: pd.DataFrame, store: PartStore, captioner: Captioner, build, decode_ahead: bool = False):
+        self.df, self.captioner, self.build = df, captioner, build
+        self.name = store.stage
+        self.has_prepare = bool(decode_ahead)  # Ray: frames decoded in CPU tasks ahead of the model actors
+        self.model_id, self.prompt_id = captioner.model_id, captioner.prompt_id
+        self.decoder_key = (json.dumps(captioner.config(), sort_keys=True, default=str), captioner.chunk_clips)
+        self.already = df.apply(lambda r: _already(r, self.model_id, self.prompt_id), axis=1).astype(bool) \
+            if len(df) else pd.Series([], dtype=bool)
+        self.store = store
+
+    def units(self) -> list[Unit]:
+        return clip_set_units(self.df[~self.already.to_numpy()], self.store)
+
+    def load(self) -> Captioner:
+        self.loaded = self.build(True)  # in this process (--workers 1), the driver reads its timings afterwards
+        return self.loaded
+
+    def timings(self) -> dict:
+        """Seconds spent decoding, preprocessing and generating, when the units ran in this process."""
+        loaded = getattr(self, "loaded", None)
+        return {k: v for k, v in loaded.backend.stats.items() if k.endswith("_s")} if loaded is not None else {}
+
+    def prepare(self, unit: Unit) -> Unit:
+        decoder = _model_captioner(lambda: self.build(False), self.decoder_key)
+        if len(unit.data) > decoder.chunk_clips:  # a long source streams chunk by chunk in the actor instead
+            return unit
+        frames = load_clip_frames(unit.path, unit.data, decoder.policy, decoder.backend.frame_size,
+                                  decoder.backend.frame_count)
+        return Unit(unit.key, unit.path, (unit.data, frames), unit.weight, unit.ids)
+
+    def process(self, captioner: Captioner, unit: Unit) -> Output:
+        rows, frames = unit.data if isinstance(unit.data, tuple) else (unit.data, None)
+        if frames is not None:  # arrays from Ray's object store are read-only; the processors expect their own
+            frames = {cid: (arr.copy(), idx) for cid, (arr, idx) in frames.items()}
+        part, unreadable = captioner.caption_unit(unit.path, rows, frames=frames)
+        if part.empty:
+            raise BadInput(f"{len(rows)} clips: their frames lie past the end of the video")
+        cols = ["clip_id", *[c for c in CAPTION_COLUMNS if c in part.columns]]
+        return Output(part[cols], [(cid, "its frames lie past the end of the video") for cid in unreadable])
+
+    def merge(self, store: PartStore) -> tuple[pd.DataFrame, list[dict]]:
+        """Every input row captioned (now, earlier, or in the input by the same model and prompt), in input order."""
+        todo = self.df[~self.already.to_numpy()]
+        parts, fails = store.merge(sort_by=("clip_id",), ids=set(todo["clip_id"]))
+        done = join_columns(todo.assign(_order=todo.index), parts, CAPTION_COLUMNS)
+        kept = self.df[self.already.to_numpy()].assign(_order=lambda d: d.index)
+        out = pd.concat([kept, done]) if len(kept) else done
+        return out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True), fails

@@ -45,7 +45,12 @@ class BadInput(Exception):
     """A unit's input cannot be used; `str(e)` is the one-line reason recorded in failed.jsonl."""
 
 
-class EngineError(RuntimeError, ValueError):
+class UsageError(ValueError):
+    """A user mistake found before any work (a bad option, a missing input): one line, exit status 2.
+    Commands catch this (and its subclasses) only, so a ValueError from a bug still stops with its traceback."""
+
+
+class EngineError(UsageError, RuntimeError):
     """The engine cannot run (Ray missing, no cluster at the address, a worker that cannot start)."""
 
 
@@ -116,11 +121,11 @@ class EngineOptions:
 
     def __post_init__(self):
         if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINES)}")
+            raise UsageError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINES)}")
         if self.workers < 1:
-            raise ValueError("--workers must be at least 1")
+            raise UsageError("--workers must be at least 1")
         if self.num_gpus is not None and self.num_gpus < 0:
-            raise ValueError("--gpus-per-worker must not be negative")
+            raise UsageError("--gpus-per-worker must not be negative")
 
 
 def add_engine_args(parser, what: str = "units") -> None:
@@ -159,6 +164,7 @@ class RunReport:
     done: int = 0  # processed now
     failed: int = 0  # failed now
     seconds: float = 0.0
+    processed: list = field(default_factory=list)  # the units that succeeded now
 
 
 def run_stage(stage: Stage, store, options: EngineOptions | None = None, progress=None) -> RunReport:
@@ -179,6 +185,7 @@ def run_stage(stage: Stage, store, options: EngineOptions | None = None, progres
             store.fail(f"{unit.key}-{k}", unit.path, f"clip {item}: {reason}", ids=(item,))
         store.write(unit.key, out.rows)
         report.done += 1
+        report.processed.append(unit)
         bar.advance(unit.weight, unit.path)
 
     def fail(unit: Unit, reason: str) -> None:

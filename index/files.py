@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .engine import BadInput
+from .engine import BadInput, UsageError
 
 STATE_DIR = ".shotcap"  # a stage's own bookkeeping inside its output folder (hash cache, lock)
 
@@ -178,7 +178,7 @@ class HashCache:
 
 # ---------------------------------------------------------------- one run per output folder
 
-class LockError(ValueError):
+class LockError(UsageError):
     """Another run holds the output folder (a usage error: exit code 2)."""
 
 

@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .engine import BadInput, Interrupted
-from .files import LockError, atomic_write_bytes, atomic_write_text
+from .engine import BadInput, Interrupted, UsageError
+from .files import atomic_write_bytes, atomic_write_text
 from .record import CORE_COLUMNS, SCHEMA_VERSION, STAGE_COLUMNS
 
 META_KEY = b"shotcap.schema_version"
@@ -26,7 +26,7 @@ FAILED_NAME = "failed.jsonl"
 FREE_PREFIXES = ("score_", "meta_", "x_")
 
 
-class ManifestError(ValueError):
+class ManifestError(UsageError):
     """A manifest that cannot be used, with a one-line reason."""
 
 
@@ -237,8 +237,8 @@ def run_cli(prog: str, main, argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted before any work was finished; nothing to resume", file=sys.stderr)
         return 130
-    except LockError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except UsageError as e:  # commands catch their own; this one line is the fallback (a locked folder)
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except OSError as e:  # reading an input went through its own checks: this is mostly our output
         where = f": {e.filename}" if e.filename else ""

@@ -4,6 +4,7 @@ resume after a kill, bad inputs, other model families, two-pass mode, raw-folder
 from __future__ import annotations
 
 import json
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -86,9 +87,10 @@ def test_rerun_and_kill_resume_lose_and_duplicate_nothing(synth_manifest, tiny_q
     pd.testing.assert_frame_equal(read_manifest(out / "clips.parquet"), first)
     # a unit that failed for a passing reason is skipped by a re-run, and redone with --retry-failed
     store = PartStore(out, stage_name(str(tiny_qwen25), "detailed"))
-    video = str(pd.read_parquet(parts[1])["video_path"].iloc[0])
+    ids = pd.read_parquet(parts[1])["clip_id"].tolist()  # a part holds the clip ids and the caption columns
+    video = first.set_index("clip_id").loc[ids[0], "video_path"]
     parts[1].unlink()
-    store.fail(parts[1].name.split(".")[0], video, "worker process died")
+    store.fail(parts[1].name.split(".")[0], video, "worker process died", ids=ids)
     assert _run(manifest, out, tiny_qwen25) == 0
     assert len(read_manifest(out / "clips.parquet")) < len(first) and read_failed(out)
     assert _run(manifest, out, tiny_qwen25, "--retry-failed") == 0
@@ -118,7 +120,8 @@ def test_bad_video_goes_to_failed_jsonl(synth_manifest, tiny_qwen25, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"")
     bad = src.iloc[:1].copy()
-    bad["video_path"], bad["video_sha256"] = str(broken), "0" * 64
+    bad["video_path"], bad["video_sha256"] = str(broken), hashlib.sha256(b"").hexdigest()
+    bad["clip_id"] = "broken-clip"
     write_manifest(pd.concat([src, bad], ignore_index=True), tmp_path / "with_bad.parquet")
     assert _run(tmp_path / "with_bad.parquet", tmp_path / "out", tiny_qwen25) == 0
     failed = read_failed(tmp_path / "out")
@@ -216,9 +219,11 @@ def test_subset_rerun_and_empty_clip(synth_manifest, tiny_qwen25, tmp_path):
     assert sorted(read_manifest(out / "clips.parquet")["clip_id"]) == sorted(one_video["clip_id"])
     write_manifest(pd.concat([one_video, empty], ignore_index=True), tmp_path / "empty.parquet")
     assert _run(tmp_path / "empty.parquet", tmp_path / "out2", tiny_qwen25) == 0
-    got = read_manifest(tmp_path / "out2" / "clips.parquet").set_index("clip_id")
-    assert got.loc["0" * 20, "caption_flags"] == "no_frames" and pd.isna(got.loc["0" * 20, "caption"])
-    assert got.drop(index="0" * 20)["caption"].map(lambda c: isinstance(c, str)).all()
+    got = read_manifest(tmp_path / "out2" / "clips.parquet")
+    assert sorted(got["clip_id"]) == sorted(one_video["clip_id"])  # the empty range is refused, not captioned
+    assert got["caption"].map(lambda c: isinstance(c, str)).all()
+    [failed] = read_failed(tmp_path / "out2")
+    assert "row 3 (clip " + "0" * 20 + "): end_frame is 0, must be > start_frame (0)" in failed["reason"]
 
 
 def test_a_source_with_many_clips_streams_through_in_chunks(sample_videos, tiny_qwen25, tmp_path):
@@ -226,7 +231,9 @@ def test_a_source_with_many_clips_streams_through_in_chunks(sample_videos, tiny_
     from captioner.backends import make_backend
     from captioner.frames import FramePolicy
     from captioner.models import resolve_model
-    from captioner.pipeline import Captioner, caption_one, decode_unit
+    from captioner.pipeline import CaptionStage, Captioner
+    from index.engine import Unit
+    from index.manifest import PartStore
     from captioner.prompts import load_prompt
 
     folder, _ = sample_videos
@@ -257,7 +264,10 @@ def test_a_source_with_many_clips_streams_through_in_chunks(sample_videos, tiny_
     assert list(streamed["caption"]) == list(whole["caption"])
     assert list(map(list, streamed["frame_times"])) == list(map(list, whole["frame_times"]))
     # on Ray, such a source is not decoded ahead in a CPU task but streamed inside the model actor
-    unit = ("key", str(path), rows)
-    assert decode_unit(captioner(4), unit) == (unit, None)
-    status, (part, unreadable), _ = caption_one(captioner(4), decode_unit(captioner(4), unit))
-    assert status == "ok" and unreadable == ["past-the-end"] and list(part["caption"]) == list(whole["caption"])
+    stage = CaptionStage(pd.DataFrame(rows), PartStore(tmp_path / "o", "caption-test"), captioner(4),
+                         lambda load: captioner(4), decode_ahead=True)
+    unit = Unit("key", str(path), rows, len(rows), tuple(r["clip_id"] for r in rows))
+    assert stage.prepare(unit) is unit
+    out = stage.process(captioner(4), stage.prepare(unit))
+    assert [cid for cid, _ in out.failures] == ["past-the-end"]
+    assert list(out.rows["caption"]) == list(whole["caption"])

@@ -57,7 +57,7 @@ def test_search_by_text_and_by_clip(indexed, capsys):
     assert search_main([str(out), "--like", original["clip_id"], "-k", "2"]) == 0
     assert "resized.mp4" in capsys.readouterr().out
     assert search_main([str(out), "--like", "no-such-clip"]) == 2
-    assert "error: clip no-such-clip is not in the index" in capsys.readouterr().err
+    assert "search-clips: error: clip no-such-clip is not in the index" in capsys.readouterr().err
 
 
 def test_second_manifest_is_deduplicated_against_the_index(indexed, tmp_path):
@@ -100,7 +100,7 @@ def test_bad_sources_are_recorded_and_captions_added_later_are_picked_up(tmp_pat
     shutil.copy(data["folder"] / "original.mp4", changed)
     extra = pd.DataFrame(manifest_rows(changed, [(0, 8)], ["x"]) +
                          manifest_rows(data["folder"] / "original.mp4", [(0, 8)], ["y"]))
-    extra.loc[1, "video_path"] = str(tmp_path / "missing.mp4")
+    extra.loc[1, "video_path"], extra.loc[1, "clip_id"] = str(tmp_path / "missing.mp4"), "missing-clip"
     with open(changed, "ab") as f:
         f.write(b"junk")
     df = pd.concat([df.assign(caption=None), extra], ignore_index=True)
@@ -108,7 +108,7 @@ def test_bad_sources_are_recorded_and_captions_added_later_are_picked_up(tmp_pat
     meta = build_index(tmp_path / "m.parquet", tmp_path / "idx")
     assert meta["clips"] == 6 and meta["failed"] == 2
     reasons = sorted(f["reason"] for f in read_failed(tmp_path / "idx"))
-    assert reasons == ["1 clips: video changed since splitting (sha256 mismatch)", "1 clips: video missing"]
+    assert reasons == ["1 clips: video changed since it was split (sha256 mismatch)", "1 clips: video missing"]
     assert not np.load(tmp_path / "idx" / "text.npy").any()  # no captions yet
     write_manifest(df.assign(caption="a red square on green"), tmp_path / "captioned.parquet")
     build_index(tmp_path / "captioned.parquet", tmp_path / "idx")
@@ -141,7 +141,8 @@ def test_a_saved_clip_model_is_one_flag_away(tmp_path):
 def test_a_clip_past_the_end_fails_alone_and_bad_output_is_one_line(tmp_path, capsys):
     data = make_dataset(tmp_path / "src", shots=2, frames=12)
     df = read_manifest(data["manifest"]).sort_values(["video_path", "start_frame"]).reset_index(drop=True)
-    df.loc[0, "end_frame"] = 10**6  # a hand-edited row
+    df.loc[0, "end_frame"] = 10**6  # a hand-edited row, consistent in itself, beyond the video's end
+    df.loc[0, "num_frames"] = 10**6 - df.loc[0, "start_frame"]
     write_manifest(df, tmp_path / "edited.parquet")
     assert index_main([str(tmp_path / "edited.parquet"), "-o", str(tmp_path / "idx")]) == 0
     failed = read_failed(tmp_path / "idx")
@@ -153,4 +154,4 @@ def test_a_clip_past_the_end_fails_alone_and_bad_output_is_one_line(tmp_path, ca
     capsys.readouterr()
     assert index_main([str(data["manifest"]), "-o", str(blocker)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:")
+    assert len(err) == 1 and err[0].startswith("index-clips: error:")

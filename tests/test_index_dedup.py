@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from index.dedup import faiss_index
+from index.engine import UsageError
 from index.dedup.groups import (assign_groups, connected_components, near_duplicate_pairs,
                          nearest_neighbour_similarity)
 
@@ -135,7 +136,7 @@ def test_faiss_index_kind_by_size_save_load_and_append(tmp_path):
     hits = loaded.search(x[1700], k=3)[0]
     assert hits[0][0] == "id1700" and hits[0][1] == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(loaded.vector("id42"), x[42], atol=1e-6)
-    with pytest.raises(KeyError):
+    with pytest.raises(UsageError, match="not in the index"):
         loaded.row("nope")
     ivf = faiss_index.VectorIndex.create(x, ids, kind="ivf")
     ivf.save(tmp_path, "ivf")

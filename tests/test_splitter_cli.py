@@ -108,9 +108,12 @@ def test_manifest_follows_raw_dir_when_a_file_changes_or_goes(sample_videos, tmp
     df = read_manifest(out / "clips.parquet")
     assert set(df.video_path) == {str(raw / "a.mp4")} and len(df) == b_rows and df["clip_id"].is_unique
     capsys.readouterr()
-    shutil.copy(good[1], raw / "b.mp4")  # back again: its part is reused, not split again
+    shutil.copy(good[1], raw / "b.mp4")  # back again, an exact copy of a.mp4: recorded, not split nor listed twice
     assert main([str(raw), "-o", str(out), "--no-progress"]) == 0
-    assert "split now 0, already done 2" in capsys.readouterr().err
+    assert "split now 0, already done 1, exact copies 1" in capsys.readouterr().err
+    assert read_manifest(out / "clips.parquet")["clip_id"].is_unique
+    assert [json.loads(x) for x in (out / "copies.jsonl").read_text().splitlines()] == [
+        {"path": str(raw / "b.mp4"), "copy_of": str(raw / "a.mp4"), "video_sha256": df["video_sha256"].iloc[0]}]
 
 
 def test_retry_failed_redoes_a_video_that_failed_for_a_passing_reason(sample_videos, tmp_path, capsys):

@@ -13,7 +13,6 @@ INDEX_DIR (written by index-clips, grows with every manifest added):
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import sys
@@ -25,11 +24,13 @@ import pandas as pd
 from . import faiss_index
 from . import groups as dd
 from .embed import TextEmbedder, frame_hash, make_visual_embedder
-from ..engine import EngineOptions, add_engine_args, options_from_args, run_units
-from ..files import atomic_write_bytes, atomic_write_text, file_sha256, remove_own_temps
-from ..manifest import ManifestError, PartStore, read_manifest
-from ..manifest import add_retry_arg, write_failed, write_manifest
-from ..video import VideoError, iter_frames, sample_indices
+from ..engine import (BadInput, EngineOptions, Output, Stage, Unit, UsageError, add_engine_args, options_from_args,
+                      run_stage)
+from ..files import HashCache, OutputLock, atomic_write_bytes, atomic_write_text, command_line, file_sha256
+from ..files import remove_own_temps
+from ..manifest import (ManifestError, PartStore, add_retry_arg, check_sources, load_manifest, read_manifest,
+                        run_cli, write_failed, write_manifest)
+from ..video import iter_frames, sample_indices
 
 STAGE = "embed"
 
@@ -64,76 +65,61 @@ def read_clips(path, requests: dict, size) -> tuple[dict, int]:
     return {k: np.stack(v) for k, v in out.items() if v and all(f is not None for f in v)}, seen
 
 
-def embed_manifest(df: pd.DataFrame, index_dir: Path, visual, text, batch: int, progress=None,
-                   engine: EngineOptions | None = None, make_worker=None, retry_failed: bool = False) -> None:
-    """Embed every clip, one part per source video (one decode each); finished parts are skipped (and failed
-    sources too, unless `retry_failed`).
-    With `engine.engine == "ray"`, `make_worker()` builds the embedders once per Ray actor."""
-    config = {"visual": visual.describe(), "text": text.describe()}
-    store = PartStore(index_dir, STAGE, config=config, retry_failed=retry_failed)
-    units = []
-    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
-        ids = ",".join(sorted(rows["clip_id"].astype(str)))
-        key = hashlib.sha256(f"{path}\n{sha}\n{ids}".encode()).hexdigest()[:24]
-        if store.done(key):
-            _refresh_captions(store, key, rows, text)
-            if progress:
-                progress(len(rows))
-        else:
-            units.append((key, path, sha, rows))
-    record = functools.partial(_record, store, progress)
-    if engine is not None and engine.engine == "ray":
-        run_units(units, make_worker, record, on_error=lambda unit, reason: record(unit, ("fail", reason)),
-                  options=engine)
-    else:
-        for unit in units:
-            record(unit, embed_unit(visual, text, batch, unit))
+class EmbedStage(Stage):
+    """index-clips' units: one source's clips of this manifest (the key covers the source and its clip set);
+    `process` decodes the source once and embeds its clips. `models`: the driver's embedders, used as they are
+    when the units run in this process (workers load their own, once)."""
 
+    name = STAGE
+    unit_name = "clips"
+    uses_gpu = True
+    driver_only = ("df", "store", "models")
 
-def embed_unit(visual, text, batch: int, unit: tuple) -> tuple:
-    """One source's clips: ('ok', part, [(clip_id, why) of clips left out]) or ('fail', one-line reason)."""
-    key, path, sha, rows = unit
-    try:
-        if not Path(path).exists():
-            raise VideoError("video missing")
-        if file_sha256(path) != sha:
-            raise VideoError("video changed since splitting (sha256 mismatch)")
+    def __init__(self, df: pd.DataFrame, store: PartStore, models: tuple, batch: int, image_model, text_model,
+                 num_frames: int, trust_remote_code: bool):
+        self.df, self.store, self.models, self.batch = df, store, models, batch
+        self.spec = (image_model, text_model, num_frames, trust_remote_code)
+
+    def units(self) -> list[Unit]:
+        units = []
+        for (path, sha), rows in self.df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
+            ids = sorted(rows["clip_id"].astype(str))
+            key = hashlib.sha256("\n".join([str(path), str(sha), ",".join(ids)]).encode()).hexdigest()[:24]
+            if self.store.done(key):
+                _refresh_captions(self.store, key, rows, self.models[1])
+            units.append(Unit(key, str(path), rows, len(rows), tuple(ids)))
+        return units
+
+    def load(self):
+        if getattr(self, "models", None) is not None:
+            return self.models
+        image_model, text_model, num_frames, trust = self.spec
+        return (make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust),
+                TextEmbedder(text_model))
+
+    def process(self, models, unit: Unit) -> Output:
+        visual, text = models
+        rows = unit.data
         first = rows.iloc[0]
         size = visual.frame_size(int(first["width"]), int(first["height"]))
         requests = {cid: sample_indices(a, b, visual.num_frames)
                     for cid, a, b in zip(rows["clip_id"], rows["start_frame"], rows["end_frame"])}
-        frames, total = read_clips(path, requests, size)
-    except VideoError as e:
-        return "fail", f"{len(rows)} clips: {e}"
-    bad = [(cid, "empty frame range" if not requests[cid] else f"frame range runs past the {total} decodable frames")
-           for cid in rows["clip_id"] if cid not in frames]
-    rows = rows[~rows["clip_id"].isin([cid for cid, _ in bad])]
-    clips = [frames[c] for c in rows["clip_id"]]
-    captions = rows["caption"].tolist() if "caption" in rows else [None] * len(rows)
-    part = rows.copy()
-    part["x_batch"] = batch
-    part["x_frame_hash"] = [frame_hash(c) for c in clips]
-    part["x_visual"] = list(visual.embed(clips))
-    part["x_text"] = list(text.embed(captions))
-    return "ok", part, bad
+        frames, total = read_clips(unit.path, requests, size)
+        if not frames:
+            raise BadInput(f"{len(rows)} clips: no clip's frames lie within the {total} decodable frames")
+        bad = [(cid, f"frame range runs past the {total} decodable frames") for cid in rows["clip_id"]
+               if cid not in frames]
+        rows = rows[rows["clip_id"].isin(frames)]
+        clips = [frames[c] for c in rows["clip_id"]]
+        part = rows.copy()
+        part["x_batch"] = self.batch
+        part["x_frame_hash"] = [frame_hash(c) for c in clips]
+        part["x_visual"] = list(visual.embed(clips))
+        part["x_text"] = list(text.embed(rows["caption"].tolist() if "caption" in rows else [None] * len(rows)))
+        return Output(part, bad)
 
-
-def _record(store: PartStore, progress, unit: tuple, result: tuple) -> None:
-    key, path, _, rows = unit
-    if result[0] == "ok":
-        for k, (cid, why) in enumerate(result[2]):  # recorded before the part, which marks the unit done
-            store.fail(f"{key}-{k}", path, f"clip {cid}: {why}")
-        store.write(key, result[1])
-    else:
-        store.fail(key, path, result[1])
-    if progress:
-        progress(len(rows))
-
-
-def _actor_embedder(image_model, text_model, num_frames: int, trust_remote_code: bool, batch: int):
-    """Runs in each Ray actor: the embedding models are loaded once there."""
-    visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code)
-    return functools.partial(embed_unit, visual, TextEmbedder(text_model), batch)
+    def merge(self, store: PartStore):
+        return store.merge(sort_by=("x_batch", "video_path", "start_frame", "clip_id"))
 
 
 def _refresh_captions(store: PartStore, key: str, rows: pd.DataFrame, text) -> None:
@@ -155,28 +141,30 @@ def _refresh_captions(store: PartStore, key: str, rows: pd.DataFrame, text) -> N
 
 def build_index(manifest_path, index_dir, image_model=None, text_model=None, num_frames: int = 8,
                 threshold: float = dd.DEFAULT_THRESHOLD, method: str = "auto", index_kind: str = "auto",
-                trust_remote_code: bool = False, progress=None, engine: EngineOptions | None = None,
-                retry_failed: bool = False) -> dict:
+                trust_remote_code: bool = False, engine: EngineOptions | None = None,
+                retry_failed: bool = False, rehash: bool = False) -> dict:
     """index-clips as a function: embed, update the FAISS indexes, dedup everything indexed. Returns index.json."""
     manifest_path, index_dir = Path(manifest_path), Path(index_dir)
-    df = read_manifest(manifest_path)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    remove_own_temps(index_dir)
-    batch, batches = _batch(index_dir, manifest_path)
-    visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code)
-    text = TextEmbedder(text_model)
-    try:
-        make_worker = functools.partial(_actor_embedder, image_model, text_model, num_frames, trust_remote_code,
-                                        batch)
-        embed_manifest(df, index_dir, visual, text, batch, progress, engine, make_worker, retry_failed)
-        return _finish_index(manifest_path, index_dir, visual, text, batches, threshold, method, index_kind)
-    except BaseException:
-        remove_own_temps(index_dir)  # an interrupted atomic write leaves nothing behind
-        raise
+    df, row_failures = load_manifest(manifest_path, STAGE)
+    with OutputLock(index_dir, command_line()):
+        remove_own_temps(index_dir)  # an interrupted atomic write of ours leaves nothing behind
+        batch, batches = _batch(index_dir, manifest_path)
+        with HashCache(index_dir, also=[manifest_path.parent], rehash=rehash) as hashes:
+            df, source_failures = check_sources(df, hashes, STAGE)
+        visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code)
+        text = TextEmbedder(text_model)
+        store = PartStore(index_dir, STAGE, config={"visual": visual.describe(), "text": text.describe()},
+                          retry_failed=retry_failed)
+        stage = EmbedStage(df, store, (visual, text), batch, image_model, text_model, num_frames, trust_remote_code)
+        run_stage(stage, store, engine)
+        return _finish_index(stage, manifest_path, index_dir, visual, text, batches, threshold, method, index_kind,
+                             row_failures + source_failures)
 
 
-def _finish_index(manifest_path, index_dir, visual, text, batches, threshold, method, index_kind) -> dict:
-    rows, failures = PartStore(index_dir, STAGE).merge(sort_by=("x_batch", "video_path", "start_frame", "clip_id"))
+def _finish_index(stage, manifest_path, index_dir, visual, text, batches, threshold, method, index_kind,
+                  input_failures) -> dict:
+    rows, failures = stage.merge(stage.store)
+    failures = sorted(input_failures + failures, key=lambda r: (r["path"], r["reason"]))
     write_failed(index_dir, failures)
     if not len(rows):
         raise ManifestError(f"{manifest_path}: no clip could be embedded (see {index_dir / 'failed.jsonl'})")
@@ -232,47 +220,48 @@ def _save_histogram(index_dir: Path, nn: np.ndarray, threshold: float) -> None:
 
 
 def index_main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="index-clips", description="Embed clips, build FAISS indexes, find duplicates.")
+    return run_cli("index-clips", _index_main, argv)
+
+
+def _index_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="index-clips", description="Embed clips, build FAISS indexes, find duplicates.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("manifest", help="clips.parquet (or .jsonl/.csv) from split-videos / caption-videos")
     ap.add_argument("-o", "--out", required=True, help="INDEX_DIR (created, or an existing index to add to)")
     ap.add_argument("--image-model", default=None,
                     help="CLIP/SigLIP model id or folder (default: the compact frame signature, no weights)")
     ap.add_argument("--text-model", default=None, help="sentence-transformers model (default: bundled MiniLM)")
     ap.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
-    ap.add_argument("--threshold", type=float, default=dd.DEFAULT_THRESHOLD, help="near-duplicate cosine")
-    ap.add_argument("--method", choices=["auto", "exact", "partitioned"], default="auto")
-    ap.add_argument("--index-kind", choices=["auto", "flat", "ivf"], default="auto")
-    ap.add_argument("--trust-remote-code", action="store_true")
+    ap.add_argument("--threshold", type=float, default=dd.DEFAULT_THRESHOLD,
+                    help="cosine similarity at or above which two clips are near duplicates")
+    ap.add_argument("--method", choices=["auto", "exact", "partitioned"], default="auto",
+                    help="pair search: exact up to 20,000 clips, partitioned (FAISS k-means cells) above")
+    ap.add_argument("--index-kind", choices=["auto", "flat", "ivf"], default="auto", help="FAISS index for search")
+    ap.add_argument("--trust-remote-code", action="store_true", help="allow models that run their own code")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    ap.add_argument("--rehash", action="store_true",
+                    help="hash every source again instead of trusting the cached hashes of unchanged files")
     add_retry_arg(ap)
     add_engine_args(ap, "source videos")
     args = ap.parse_args(argv)
-    from rich.console import Console
-    from rich.progress import Progress
-    console = Console(stderr=True)
     try:
-        total = len(read_manifest(args.manifest))
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("embedding clips", total=total)
-            meta = build_index(args.manifest, args.out, args.image_model, args.text_model, args.frames,
-                               args.threshold, args.method, args.index_kind, args.trust_remote_code,
-                               progress=lambda n: bar.advance(task, n), engine=options_from_args(args),
-                               retry_failed=args.retry_failed)
-    except (ManifestError, ValueError, OSError) as e:
-        return _error(e)
+        meta = build_index(args.manifest, args.out, args.image_model, args.text_model, args.frames,
+                           args.threshold, args.method, args.index_kind, args.trust_remote_code,
+                           engine=options_from_args(args, not args.quiet), retry_failed=args.retry_failed,
+                           rehash=args.rehash)
+    except UsageError as e:
+        return _error(e, "index-clips")
     d = meta["dedup"]
-    console.print(f"indexed {meta['clips']} clips ({len(meta['batches'])} manifests) in {args.out}: "
-                  f"{d['groups']} duplicate groups, {d['dropped']} clips marked keep=False "
-                  f"({d['cross_batch_groups']} groups across manifests), threshold {d['threshold']}, "
-                  f"{meta['failed']} sources failed")
+    print(f"indexed {meta['clips']} clips ({len(meta['batches'])} manifests) in {Path(args.out)}: "
+          f"{d['groups']} duplicate groups, {d['dropped']} clips marked keep=False "
+          f"({d['cross_batch_groups']} groups across manifests), threshold {d['threshold']}, "
+          f"{meta['failed']} failures (failed.jsonl)", file=sys.stderr)
     return 0
 
 
-def _error(e: BaseException) -> int:
+def _error(e: BaseException, prog: str) -> int:
     """One plain line on stderr (no wrapping), exit status 2."""
-    msg = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
-    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
-        msg = f"cannot write the output ({e})"
-    print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+    print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
 
 
@@ -283,7 +272,7 @@ def search(index_dir, text: str | None = None, like: str | None = None, k: int =
     index_dir = Path(index_dir)
     clips = read_manifest(index_dir / "clips.parquet") if (index_dir / "clips.parquet").exists() else None
     if clips is None:
-        raise FileNotFoundError(f"{index_dir}: not an index folder; run index-clips first")
+        raise UsageError(f"{index_dir}: not an index folder; run index-clips first")
     if text is not None:
         vi = faiss_index.VectorIndex.load(index_dir, "text")
         meta = json.loads((index_dir / "index.json").read_text())
@@ -299,21 +288,27 @@ def search(index_dir, text: str | None = None, like: str | None = None, k: int =
 
 
 def search_main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="search-clips", description="Nearest clips to a text or to a clip.")
-    ap.add_argument("index_dir")
+    return run_cli("search-clips", _search_main, argv)
+
+
+def _search_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="search-clips", description="Nearest clips to a text or to a clip.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("index_dir", help="INDEX_DIR written by index-clips")
     q = ap.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="find clips whose captions match this text")
-    q.add_argument("--like", metavar="CLIP_ID", help="find clips that look like this clip")
-    ap.add_argument("-k", type=int, default=10)
-    ap.add_argument("--text-model", default=None)
+    q.add_argument("--like", metavar="CLIP_ID", help="find clips that look like this clip (a clip_id)")
+    ap.add_argument("-k", type=int, default=10, help="how many clips to show")
+    ap.add_argument("--text-model", default=None,
+                    help="sentence-transformers model for --text (default: the one the index was built with)")
     args = ap.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
     console = Console()
     try:
         hits = search(args.index_dir, args.text, args.like, args.k, args.text_model)
-    except (FileNotFoundError, KeyError, ValueError, ManifestError) as e:
-        return _error(e)
+    except UsageError as e:
+        return _error(e, "search-clips")
     table = Table("score", "video", "time", "caption")
     table.add_column("clip_id", no_wrap=True, min_width=20)  # whole, to paste into --like
     for r in hits.itertuples():

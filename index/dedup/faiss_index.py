@@ -18,6 +18,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ..engine import UsageError
 from ..files import atomic_write_bytes, atomic_write_text
 
 FLAT_MAX = 1_000_000
@@ -88,7 +89,7 @@ class VectorIndex:
 
     def row(self, clip_id: str) -> int:
         if clip_id not in self._row:
-            raise KeyError(f"clip {clip_id} is not in the index")
+            raise UsageError(f"clip {clip_id} is not in the index")
         return self._row[clip_id]
 
     def vector(self, clip_id: str) -> np.ndarray:
@@ -127,13 +128,21 @@ class VectorIndex:
         folder = Path(folder)
         path = folder / f"{name}.faiss"
         if not path.exists():
-            raise FileNotFoundError(f"{folder}: no {name} index (run index-clips first)")
-        index = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
-        meta = json.loads((folder / f"{name}.json").read_text())
-        params = IndexParams(**{k: v for k, v in meta.items() if k in IndexParams.__dataclass_fields__})
+            raise UsageError(f"{folder}: no {name} index (run index-clips first)")
+        try:
+            index = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
+            meta = json.loads((folder / f"{name}.json").read_text())
+            params = IndexParams(**{k: v for k, v in meta.items() if k in IndexParams.__dataclass_fields__})
+            ids = pd.read_parquet(folder / f"{name}.ids.parquet").sort_values("row")["clip_id"].tolist()
+        except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:  # faiss raises RuntimeError
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise UsageError(f"{folder}: the {name} index is damaged or incomplete ({first}); run index-clips "
+                             "again on the same output folder to rebuild it") from None
+        if index.ntotal != len(ids):
+            raise UsageError(f"{folder}: the {name} index holds {index.ntotal} vectors for {len(ids)} clip ids; "
+                             "run index-clips again on the same output folder to rebuild it")
         if params.kind == "ivf":
             index.nprobe = params.nprobe
-        ids = pd.read_parquet(folder / f"{name}.ids.parquet").sort_values("row")["clip_id"].tolist()
         vi = cls(index, params, ids)
         vi.digest = meta.get("vectors_sha1", "")
         return vi

@@ -38,7 +38,7 @@ def shards_main(argv=None) -> int:
                                progress=lambda n: bar.advance(task, n), engine=options_from_args(args))
         write_card(args.out, df, rep, index_dir=args.index, name=args.name, template=args.card_template)
     except (ManifestError, ValueError, OSError) as e:
-        return _error(e)
+        return _error(e, "build-shards")
     dropped = ", ".join(f"{n} {why}" for why, n in rep.dropped.items()) or "none"
     console.print(f"{rep.samples} clips in {len(rep.shards) or args.format} shards under {args.out}; "
                   f"failed {len(rep.failures)} (failed.jsonl); dropped: {dropped}")
