@@ -30,6 +30,7 @@ import abc
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -264,13 +265,20 @@ def _pool(stage: Stage, workers: int) -> ProcessPoolExecutor:
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Kill the workers now (a bug, Ctrl-C): nothing waits for their units."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        try:
-            proc.kill()
-        except (OSError, AttributeError):
-            pass
-    pool.shutdown(wait=False, cancel_futures=True)
+    """Kill the workers now (a bug, Ctrl-C): nothing waits for their units. Another Ctrl-C meanwhile is ignored,
+    so the cleanup always finishes and leaves no process or thread for the interpreter's exit to wait on."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            try:
+                proc.kill()
+            except (OSError, AttributeError):
+                pass
+        pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run_pool(stage: Stage, todo: list[Unit], ok, fail, workers: int) -> None:

@@ -189,7 +189,7 @@ def _stage(df: pd.DataFrame, staging: Path, report: ShardReport, progress=None, 
     if engine is not None and engine.engine == "ray":
         from functools import partial
 
-        from .engine import run_units
+        from ..engine import run_units
         run_units(units, partial(partial, _stage_remote, staging), record, on_error=record, options=engine,
                   uses_gpu=False)
         return

@@ -19,7 +19,7 @@ import pandas as pd
 from ..files import atomic_write_bytes, atomic_write_text
 from ..manifest import read_failed
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "TEMPLATE.md"
+TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "TEMPLATE.md"
 STOPWORDS = set("""a an the and or of in on at to with from by for is are was were be been it its this that
 these those as into over under while his her their there here then than through up down out off one two
 video clip shows scene camera frame""".split())
