@@ -70,8 +70,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 def main(argv=None) -> int:
     from trainer.config import load_config
     from trainer.data import BucketSampler, open_dataset
-    from trainer.encoders import TextEncoder, build_vae
-    from trainer.train import build_text_encoder
+    from trainer.encoders import TextEncoder, build_text_encoder, build_vae
 
     p = argparse.ArgumentParser(description="Encode clips once into a features file for training.")
     p.add_argument("--config", required=True)

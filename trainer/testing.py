@@ -47,6 +47,35 @@ def make_tiny_vae(path: str, latent_channels: int = 4, seed: int = 0) -> str:
     return path
 
 
+# Tiny configs of the diffusers video VAEs (a few thousand weights each, real architecture otherwise): four
+# down blocks as in the released models, so the spatial and temporal compression are the real ones.
+TINY_VIDEO_VAES = {
+    "cogvideox": ("AutoencoderKLCogVideoX", dict(
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        sample_height=32, sample_width=32)),
+    "wan": ("AutoencoderKLWan", dict(
+        base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 1.5, 0.5, 1.0])),
+    "ltx-video": ("AutoencoderKLLTXVideo", dict(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1), scaling_factor=0.8)),
+    "hunyuan-video": ("AutoencoderKLHunyuanVideo", dict(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)),
+}
+
+
+def make_tiny_video_vae(path: str, kind: str, seed: int = 0, **overrides) -> str:
+    """A random diffusers video VAE of `TINY_VIDEO_VAES[kind]` (`overrides` change its config), saved to `path`."""
+    import diffusers
+
+    name, cfg = TINY_VIDEO_VAES[kind]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = getattr(diffusers, name)(**{**cfg, **overrides})
+    vae.save_pretrained(path)
+    return path
+
+
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (40, 60, 240), "yellow": (230, 220, 30)}
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 

@@ -32,7 +32,7 @@ from index.files import atomic_write_text
 from trainer.config import load_config
 from trainer.data import BucketSampler, collate, open_dataset
 from trainer.diffusion import build_diffusion
-from trainer.encoders import TextEncoder, build_vae
+from trainer.encoders import TextEncoder, build_text_encoder, build_vae
 from trainer.model import STDiT, build_stdit
 
 
@@ -47,21 +47,6 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
-
-
-def build_text_encoder(cfg: dict, out_dir: Path | None = None, is_main: bool = True) -> TextEncoder:
-    """`kind: tiny` builds a random 2-layer T5 into OUT_DIR/text_encoder (copied into every checkpoint)."""
-    kind = cfg.get("kind", "t5")
-    if kind == "tiny":
-        from trainer.testing import make_tiny_t5
-
-        path = Path(cfg.get("path") or (out_dir / "text_encoder"))
-        if is_main and not (path / "config.json").exists():
-            make_tiny_t5(str(path))
-        return path, "t5"
-    if not cfg.get("path"):
-        raise ValueError(f"text.path is required for text.kind={kind}")
-    return cfg["path"], kind
 
 
 def build_model(cfg: dict, in_channels: int, caption_channels: int) -> STDiT:
