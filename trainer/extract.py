@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.data import FEATURE_TENSORS, FEATURES_META, BucketSampler, safetensors_header
+from trainer.data import FEATURE_TENSORS, FEATURES_META, BucketSampler, collate, safetensors_header
 
 SHARD_NAME = "features-{:05d}.safetensors"
 SHARD_RE = re.compile(r"^features-\d{5}\.safetensors$")
@@ -60,8 +60,6 @@ def shard_meta(path: Path) -> dict | None:
 @torch.no_grad()
 def encode_shard(dataset, items, vae, text, batch_size: int, device, dtype: torch.dtype, seed: int):
     """(tensors, clips, failures) of one shard: same-bucket runs of `items` encoded `batch_size` at a time."""
-    from trainer.data import collate
-
     tensors, clips, failed = {}, [], {}
     cuda = torch.device(device).type == "cuda"
     with torch.random.fork_rng(devices=[torch.device(device).index or 0] if cuda else []):
