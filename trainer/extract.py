@@ -113,9 +113,9 @@ def extract_features(dataset, buckets, vae, text, out_dir, *, shard_clips: int =
     the data's path, for failed.jsonl. `stop_after`: SIGKILL this process after that many shards were written
     (fault injection for tests)."""
     import pyarrow.parquet as pq
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
-    from index.files import atomic_write_text, atomic_write_bytes, remove_own_temps, temp_name
+    from index.files import atomic_write_text, remove_own_temps, temp_name
     from index.manifest import failure, write_failed
     from index.progress import Progress
 
@@ -141,7 +141,15 @@ def extract_features(dataset, buckets, vae, text, out_dir, *, shard_clips: int =
                 continue
             tensors, clips, failed = encode_shard(dataset, items, vae, text, batch_size, device, store, seed + s)
             info = {"plan": ids[s], "settings": settings, "clips": clips, "failed": failed}
-            atomic_write_bytes(path, save(tensors, metadata={"shotcap": json.dumps(info)}))
+            tmp = temp_name(path)  # complete or absent: temp file, fsync, rename
+            try:
+                save_file(tensors, str(tmp), metadata={"shotcap": json.dumps(info)})
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            del tensors
             written += 1
             bar.advance(1)
             if stop_after is not None and written >= stop_after:

@@ -14,8 +14,10 @@ BASE_WORDS = tuple(("a the red green blue yellow white square circle moving left
                    "video shot person car street bike riding walking scene").split())
 
 
-def make_tiny_t5(path: str, words=(), d_model: int = 32, seed: int = 0) -> str:
-    """A 2-layer random T5 encoder with a word-level tokenizer over `BASE_WORDS + words`."""
+def make_tiny_t5(path: str, words=(), d_model: int = 32, seed: int = 0, d_ff: int | None = None,
+                 num_layers: int = 2) -> str:
+    """A random T5 encoder (2 layers) with a word-level tokenizer over `BASE_WORDS + words` (`d_model=4096, d_ff=64`:
+    T5-XXL's output size at a tiny cost)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
@@ -26,8 +28,8 @@ def make_tiny_t5(path: str, words=(), d_model: int = 32, seed: int = 0) -> str:
     tok.train_from_iterator([" ".join(BASE_WORDS + tuple(words))], trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(path)
-    cfg = T5Config(vocab_size=tok.get_vocab_size(), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
-                   num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    cfg = T5Config(vocab_size=tok.get_vocab_size(), d_model=d_model, d_kv=8, d_ff=d_ff or 2 * d_model,
+                   num_layers=num_layers, num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     with torch.random.fork_rng():  # leave the caller's random stream alone
         torch.manual_seed(seed)
         T5EncoderModel(cfg).save_pretrained(path)
