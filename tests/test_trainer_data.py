@@ -127,6 +127,14 @@ def test_a_corrupt_clip_is_a_failure_never_replaced_by_another(tmp_path):
     assert empty["clip_id"] == [] and "video" not in empty and list(empty["failed"]) == [bad]
 
 
+def test_a_bug_while_reading_a_clip_is_not_a_failure(squares):
+    ds = open_dataset(squares)
+    ds.rows = ds.rows.drop(columns=["start_frame"])  # our mistake, not the input's: the run must stop
+    with pytest.raises(KeyError):
+        ds[(0, (4, 16, 16))]
+    assert ds.failures == {}
+
+
 def test_failures_in_loader_workers_are_counted_in_the_main_process(tmp_path):
     df, ds = _corrupt_one(tmp_path)
     bad = df.loc[2, "clip_id"]

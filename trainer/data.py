@@ -79,8 +79,9 @@ class TrainingDataset(torch.utils.data.Dataset, abc.ABC):
 
     def note_failures(self, batch: dict) -> dict[str, str]:
         """Merge `batch["failed"]` into `self.failures` (whatever process read the batch); the ones new here."""
-        self.failures.update(batch.get("failed", {}))
-        new = {k: v for k, v in self.failures.items() if k not in self._reported}
+        failed = batch.get("failed", {})
+        self.failures.update(failed)
+        new = {k: v for k, v in failed.items() if k not in self._reported}
         self._reported.update(new)
         return new
 
@@ -200,6 +201,8 @@ class ShardDataset(ClipDataset):
                     elif ext == "json" and rows is None:
                         metas.append(json.loads(tf.extractfile(m).read()))
         if rows is None:
+            if not metas:
+                raise ValueError(f"{self.dir}: no samples in the *.tar shards")
             rows = pd.DataFrame(metas)
             rows = rows.assign(key=rows["clip_id"].astype(str)) if "key" not in rows else rows
         rows = rows[rows["key"].astype(str).isin(members)]
