@@ -104,17 +104,108 @@ def test_shard_dataset_reads_webdataset_tars(tmp_path, squares):
         assert ys[-1] > ys[0] + 10  # moving down
 
 
-def test_a_corrupt_clip_is_skipped_not_fatal(tmp_path):
+def _corrupt_one(tmp_path, count=6, bad=2):
     from index.manifest import read_manifest, write_manifest
 
-    src = make_square_manifest(tmp_path / "d", count=3, frames=4, size=16)
+    src = make_square_manifest(tmp_path / "d", count=count, frames=4, size=16)
     df = read_manifest(src)
-    (tmp_path / "d" / df.loc[1, "video_path"]).write_bytes(b"not a video at all")
+    (tmp_path / "d" / df.loc[bad, "video_path"]).write_bytes(b"not a video at all")
     write_manifest(df, tmp_path / "d" / "clips.parquet")
-    ds = open_dataset(tmp_path / "d" / "clips.parquet")
-    with pytest.warns(UserWarning, match="skipping clip"):
-        sample = ds[(1, (4, 16, 16))]
-    assert sample["clip_id"] == df.loc[2, "clip_id"] and 1 in ds.failed
+    return df, open_dataset(tmp_path / "d" / "clips.parquet")
+
+
+def test_a_corrupt_clip_is_a_failure_never_replaced_by_another(tmp_path):
+    df, ds = _corrupt_one(tmp_path)
+    bad = df.loc[2, "clip_id"]
+    marker = ds[(2, (4, 16, 16))]
+    assert marker["failed"] == bad and "video" not in marker and "\n" not in marker["reason"]
+    assert ds[(3, (4, 16, 16))]["clip_id"] == df.loc[3, "clip_id"]  # the others are themselves
+    batch = collate([ds[(i, (4, 16, 16))] for i in (1, 2, 3)])
+    assert batch["clip_id"] == [df.loc[1, "clip_id"], df.loc[3, "clip_id"]] and batch["video"].shape[0] == 2
+    assert list(batch["failed"]) == [bad]
+    empty = collate([ds[(2, (4, 16, 16))]])  # a batch of failed clips only: nothing to train on
+    assert empty["clip_id"] == [] and "video" not in empty and list(empty["failed"]) == [bad]
+
+
+def test_a_bug_while_reading_a_clip_is_not_a_failure(squares):
+    ds = open_dataset(squares)
+    ds.rows = ds.rows.drop(columns=["start_frame"])  # our mistake, not the input's: the run must stop
+    with pytest.raises(KeyError):
+        ds[(0, (4, 16, 16))]
+    assert ds.failures == {}
+
+
+def test_failures_in_loader_workers_are_counted_in_the_main_process(tmp_path):
+    df, ds = _corrupt_one(tmp_path)
+    bad = df.loc[2, "clip_id"]
+    sampler = BucketSampler(ds.shapes(), [[4, 16, 16]], batch_size=4, shuffle=False)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=2)
+    seen, new = [], {}
+    for planned, batch in zip(sampler.batches(0), loader):
+        # each batch holds exactly its planned clips less the failed one, each with its own caption
+        assert batch["clip_id"] == [df.loc[i, "clip_id"] for i, _ in planned if i != 2]
+        assert batch["caption"] == [df.loc[i, "caption"] for i, _ in planned if i != 2]
+        assert len(batch["clip_id"]) + sum(i == 2 for i, _ in planned) == 4
+        new.update(ds.note_failures(batch))
+        seen += batch["clip_id"]
+    assert list(new) == [bad] and list(ds.failures) == [bad]  # in this process, although workers decoded
+    assert bad not in seen and set(seen) == set(df["clip_id"]) - {bad}
+    assert ds.note_failures({"failed": {bad: "again"}}) == {}  # reported once
+
+
+def _tar_with_index(out, rows, with_offsets: bool):
+    """A WebDataset tar of the rows' clips (each a green square moving down) and its index.parquet."""
+    import tarfile
+
+    import webdataset as wds
+
+    from index.video import write_video
+
+    out.mkdir()
+    with wds.TarWriter(str(out / "shard-000000.tar")) as sink:
+        for _, row in rows.iterrows():
+            sink.write({"__key__": row["clip_id"], "mp4": write_video(None, square_frames("green", "down"), 8),
+                        "json": json.dumps({**row.to_dict(), "caption": "a green square moving down"}).encode()})
+    index = rows.assign(caption="a green square moving down", key=rows["clip_id"], shard="shard-000000.tar")
+    with tarfile.open(out / "shard-000000.tar") as tf:
+        where = {m.name[:-4]: (m.offset, m.offset_data, m.size) for m in tf.getmembers() if m.name.endswith(".mp4")}
+    if with_offsets:
+        index = index.assign(offset=[where[k][1] for k in index["key"]], size=[where[k][2] for k in index["key"]])
+    index.to_parquet(out / "index.parquet")
+    return where
+
+
+def _moves_down(sample) -> bool:
+    green = (sample["video"][1] > 0.3) & (sample["video"][0] < -0.3)  # (T, H, W)
+    ys = [np.nonzero(m.any(1).numpy())[0].mean() for m in green]
+    return ys[-1] > ys[0] + 10
+
+
+def test_shard_dataset_seeks_by_the_offsets_in_index_parquet(tmp_path, squares):
+    from index.manifest import read_manifest
+
+    rows = read_manifest(squares).head(3)
+    where = _tar_with_index(tmp_path / "shards", rows, with_offsets=True)
+    with open(tmp_path / "shards" / "shard-000000.tar", "r+b") as f:  # no tar header can be read any more:
+        for header, _, _ in where.values():  # only the recorded offsets lead to the samples
+            f.seek(header)
+            f.write(b"\xff" * 512)
+    ds = open_dataset(tmp_path / "shards")
+    assert isinstance(ds, ShardDataset) and len(ds) == 3
+    sample = ds[(1, (8, 32, 32))]
+    assert sample["clip_id"] == rows.iloc[1]["clip_id"] and _moves_down(sample)
+
+
+def test_shard_dataset_scans_old_shards_without_offsets(tmp_path, squares):
+    from index.manifest import read_manifest
+
+    rows = read_manifest(squares).head(3)
+    _tar_with_index(tmp_path / "shards", rows, with_offsets=False)
+    ds = open_dataset(tmp_path / "shards")
+    assert len(ds) == 3 and _moves_down(ds[(2, (8, 32, 32))])
+    (tmp_path / "shards" / "shard-000000.tar").write_bytes(b"")  # a shard gone bad after opening: a failure
+    failed = ds[(0, (8, 32, 32))]
+    assert failed["failed"] == rows.iloc[0]["clip_id"] and "ends before" in failed["reason"]
 
 
 def test_reads_the_shards_that_build_shards_writes(tmp_path, squares):

@@ -1,25 +1,33 @@
-"""Training data: clips from WebDataset shards or from a captioned manifest, bucketed by (frames, height, width).
+"""Training data: clips from WebDataset shards or a captioned manifest, or features pre-computed by
+`trainer.extract`, bucketed by (frames, height, width).
 
 A sample is `{"video": (3, T, H, W) float in [-1, 1], "caption": str, "clip_id": str}`, where (T, H, W) is
-the sample's bucket. The bucket sampler draws whole batches from one bucket, shards them over processes and
-remembers its position, so a resumed run continues with the next batch. Frames are always read through
-`index.video` (one sequential decode per clip).
+the sample's bucket (features: `{"latents", "y", "mask", "caption", "clip_id"}`). The bucket sampler draws whole
+batches from one bucket, shards them over processes and remembers its position, so a resumed run continues with
+the next batch. Frames are always read through `index.video` (one sequential decode per clip).
+
+A clip that cannot be read (bad input) is never replaced by another: `__getitem__` returns a failure marker, and
+`collate` drops it from the batch and lists it in `batch["failed"]` ({clip_id: one-line reason}). Loader workers
+are separate processes, so the training loop hands every batch to `dataset.note_failures(batch)`, which keeps
+`dataset.failures` complete in the main process and returns the failures not seen before (to log). A batch
+whose clips all failed has no tensors (`batch["clip_id"] == []`): the loop skips it.
 """
 
 from __future__ import annotations
 
-import io
+import abc
 import json
 import math
+import struct
 import tarfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from index.video import VideoError, read_frames
+from index.engine import BadInput
+from index.video import read_frames
 
 
 def frame_indices(num_available: int, num_frames: int, interval: int, rng: np.random.Generator | None) -> list[int]:
@@ -48,10 +56,46 @@ def to_tensor(frames: np.ndarray, out_w: int, out_h: int) -> torch.Tensor:
     return torch.from_numpy(crop).permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
 
-class ClipDataset(torch.utils.data.Dataset):
-    """Rows with `caption, num_frames, width, height`; `__getitem__((i, (T, H, W)))` reads row i at a bucket."""
+def _one_line(err) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+class TrainingDataset(torch.utils.data.Dataset, abc.ABC):
+    """What the training loop needs of a dataset: `shapes()` for the sampler and the failure count."""
+
+    def __init__(self):
+        self.failures: dict[str, str] = {}  # clip_id -> one-line reason: clips that could not be read
+        self._reported: set[str] = set()
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, item) -> dict: ...
+
+    @abc.abstractmethod
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """(frames, height, width) of each sample, for the bucket sampler."""
+
+    def note_failures(self, batch: dict) -> dict[str, str]:
+        """Merge `batch["failed"]` into `self.failures` (whatever process read the batch); the ones new here."""
+        failed = batch.get("failed", {})
+        self.failures.update(failed)
+        new = {k: v for k, v in failed.items() if k not in self._reported}
+        self._reported.update(new)
+        return new
+
+    def _failed(self, clip_id: str, err) -> dict:
+        self.failures[clip_id] = _one_line(err)
+        return {"failed": clip_id, "reason": self.failures[clip_id]}
+
+
+class ClipDataset(TrainingDataset):
+    """Rows with `clip_id, caption, num_frames, width, height`; `__getitem__((i, (T, H, W)))` reads row i at a
+    bucket, or returns `{"failed": clip_id, "reason": ...}` when the clip cannot be read."""
 
     def __init__(self, rows: pd.DataFrame, frame_interval: int = 1, seed: int = 0, cache: bool = False):
+        super().__init__()
         if "caption" not in rows.columns:
             raise ValueError("the training data has no 'caption' column: run caption-videos first")
         rows = rows[rows["caption"].notna() & (rows["caption"].astype(str).str.len() > 0)]
@@ -63,7 +107,6 @@ class ClipDataset(torch.utils.data.Dataset):
         self.frame_interval, self.seed, self.epoch = int(frame_interval), int(seed), 0
         self.cache = {} if cache else None  # decoded frames kept in memory (small datasets, benchmarks)
         self.deterministic = False  # True: the centred frame window instead of a random one
-        self.failed: dict[int, str] = {}  # row -> reason, for clips that could not be decoded
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -73,21 +116,16 @@ class ClipDataset(torch.utils.data.Dataset):
         return list(zip(self.rows["num_frames"].astype(int), self.rows["height"].astype(int),
                         self.rows["width"].astype(int)))
 
+    @abc.abstractmethod
     def _source(self, row) -> tuple[object, int]:
         """(path or bytes, frame offset of the clip's first frame in that source)."""
-        raise NotImplementedError
 
     def __getitem__(self, item):
         i, bucket = item if isinstance(item, tuple) else (item, (8, 64, 64))
-        for attempt in range(len(self)):  # a clip that cannot be decoded is replaced by the next one
-            j = (int(i) + attempt) % len(self)
-            try:
-                return self._load(j, bucket)
-            except VideoError as err:
-                if j not in self.failed:
-                    self.failed[j] = str(err)
-                    warnings.warn(f"skipping clip {self.rows.iloc[j]['clip_id']}: {err}", stacklevel=2)
-        raise VideoError("no clip of the dataset can be decoded")
+        try:
+            return self._load(int(i), bucket)
+        except BadInput as err:  # this clip's failure, never another clip in its place; a bug propagates
+            return self._failed(str(self.rows.iloc[int(i)]["clip_id"]), err)
 
     def _load(self, i: int, bucket):
         T, H, W = bucket
@@ -128,50 +166,148 @@ class ManifestDataset(ClipDataset):
 class ShardDataset(ClipDataset):
     """`SHARDS_DIR/*.tar` WebDataset shards (`<key>.mp4` + `<key>.json`), listed by `SHARDS_DIR/index.parquet`.
 
-    Members are located once by reading the tar headers, then read by offset: random access for buckets.
+    build-shards records each sample's `shard`, `offset` (of the `.mp4` member's data in its tar) and `size`
+    in index.parquet: the dataset opens without reading a tar and seeks straight to a sample. Shards written
+    before those columns existed are located once by reading every tar header.
     """
 
     def __init__(self, shards_dir, frame_interval: int = 1, seed: int = 0, cache: bool = False):
         self.dir = Path(shards_dir)
+        index = self.dir / "index.parquet"
+        rows = pd.read_parquet(index) if index.exists() else None
+        if rows is not None and "key" not in rows.columns:  # the key is the clip id unless build-shards sanitised it
+            rows = rows.assign(key=rows["clip_id"].astype(str))
+        located = rows is not None and {"shard", "offset", "size"} <= set(rows.columns) \
+            and not rows[["shard", "offset", "size"]].isna().any(axis=None)
+        if located:
+            rows = rows.assign(offset=rows["offset"].astype("int64"), size=rows["size"].astype("int64"))
+        else:
+            rows = self._scan(rows)
+        super().__init__(rows, frame_interval, seed, cache)
+
+    def _scan(self, rows: pd.DataFrame | None) -> pd.DataFrame:
+        """Locate every `.mp4` member by reading the tar headers (shards without offsets in index.parquet)."""
         tars = sorted(self.dir.glob("*.tar"))
         if not tars:
             raise ValueError(f"{self.dir}: no *.tar shards")
-        self.members: dict[str, tuple[str, int, int]] = {}  # sample key -> (tar name, offset, size)
+        members: dict[str, tuple[str, int, int]] = {}  # sample key -> (tar name, offset, size)
         metas = []
         for tar in tars:
             with tarfile.open(tar) as tf:
                 for m in tf.getmembers():
                     key, _, ext = m.name.rpartition(".")
                     if ext == "mp4":
-                        self.members[key] = (tar.name, m.offset_data, m.size)
-                    elif ext == "json" and not (self.dir / "index.parquet").exists():
+                        members[key] = (tar.name, m.offset_data, m.size)
+                    elif ext == "json" and rows is None:
                         metas.append(json.loads(tf.extractfile(m).read()))
-        index = self.dir / "index.parquet"
-        rows = pd.read_parquet(index) if index.exists() else pd.DataFrame(metas)
-        if "key" not in rows.columns:  # the sample key is the clip id unless build-shards had to sanitise it
-            rows = rows.assign(key=rows["clip_id"].astype(str))
-        rows = rows[rows["key"].astype(str).isin(self.members)]
-        super().__init__(rows, frame_interval, seed, cache)
+        if rows is None:
+            if not metas:
+                raise ValueError(f"{self.dir}: no samples in the *.tar shards")
+            rows = pd.DataFrame(metas)
+            rows = rows.assign(key=rows["clip_id"].astype(str)) if "key" not in rows else rows
+        rows = rows[rows["key"].astype(str).isin(members)]
+        where = [members[str(k)] for k in rows["key"]]
+        return rows.assign(shard=[w[0] for w in where], offset=[w[1] for w in where], size=[w[2] for w in where])
 
     def _source(self, row):
-        name, offset, size = self.members[str(row["key"])]
-        with open(self.dir / name, "rb") as f:
-            f.seek(offset)
-            return io.BytesIO(f.read(size)).getvalue(), 0
+        name, offset, size = str(row["shard"]), int(row["offset"]), int(row["size"])
+        try:
+            with open(self.dir / name, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+        except OSError as err:
+            raise BadInput(f"cannot read shard {name} ({err.strerror or err})") from None
+        if len(data) != size:
+            raise BadInput(f"shard {name} ends before sample {row['key']} ({len(data)} of {size} bytes)")
+        return data, 0
 
 
-def open_dataset(path, frame_interval: int = 1, seed: int = 0, cache: bool = False):
-    """A shards folder (with *.tar), a manifest file, or a pre-extracted features file (trainer.extract)."""
+#################################################################################
+#                      Pre-computed features (trainer.extract)                  #
+#################################################################################
+
+FEATURES_META = "features.json"  # written last by trainer.extract: the folder is complete when it exists
+FEATURE_TENSORS = ("latents", "y", "mask")
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "U8": torch.uint8}
+
+
+def safetensors_header(path) -> tuple[dict, int]:
+    """(header, data start) of a safetensors file: tensor name -> {dtype, shape, data_offsets}, and
+    `__metadata__`; reads the header only."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path}: not a safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        header = json.loads(f.read(n))
+    return header, 8 + n
+
+
+class FeatureDataset(TrainingDataset):
+    """A features folder of `trainer.extract`: `{"latents", "y", "mask", "caption", "clip_id"}` per clip.
+
+    `index.parquet` gives each tensor's shard, byte offset, dtype and shape, so a sample is three reads from
+    one file and nothing is held in memory but the index."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.dir = Path(path)
+        if not (self.dir / FEATURES_META).is_file():
+            raise ValueError(f"{self.dir}: incomplete features folder (no {FEATURES_META}): run the same "
+                             f"`python -m trainer.extract` command again to finish it")
+        self.meta = json.loads((self.dir / FEATURES_META).read_text())
+        rows = pd.read_parquet(self.dir / "index.parquet")
+        if rows.empty:
+            raise ValueError(f"{self.dir}: no clips in the features folder")
+        self.clip_id, self.caption = rows["clip_id"].astype(str).tolist(), rows["caption"].astype(str).tolist()
+        self.shard = rows["shard"].astype(str).tolist()
+        self.buckets = list(zip(rows["frames"].astype(int), rows["height"].astype(int), rows["width"].astype(int)))
+        self.where = {t: list(zip(rows[f"{t}_offset"].astype(int), rows[f"{t}_dtype"].astype(str),
+                                  [tuple(int(v) for v in s) for s in rows[f"{t}_shape"]]))
+                      for t in FEATURE_TENSORS}
+
+    def __len__(self) -> int:
+        return len(self.clip_id)
+
+    def shapes(self) -> list[tuple[int, int, int]]:
+        return list(self.buckets)
+
+    def __getitem__(self, item):
+        i = int(item[0] if isinstance(item, tuple) else item)
+        out = {"caption": self.caption[i], "clip_id": self.clip_id[i]}
+        with open(self.dir / self.shard[i], "rb") as f:
+            for t in FEATURE_TENSORS:
+                offset, dtype, shape = self.where[t][i]
+                dt = SAFETENSORS_DTYPES[dtype]
+                f.seek(offset)
+                data = bytearray(f.read(math.prod(shape) * dt.itemsize))
+                out[t] = torch.frombuffer(data, dtype=dt).reshape(shape) if data else torch.empty(shape, dtype=dt)
+        out["latents"], out["y"], out["mask"] = out["latents"].float(), out["y"].float(), out["mask"].bool()
+        return out
+
+
+def open_dataset(path, frame_interval: int = 1, seed: int = 0, cache: bool = False) -> TrainingDataset:
+    """A shards folder (with *.tar), a manifest file, or a features folder (trainer.extract)."""
     p = Path(path)
     if p.suffix == ".safetensors" and p.is_file():
-        from trainer.extract import FeatureDataset
-
+        raise ValueError(f"{p}: a single-file features file of an older trainer.extract; extract again into a "
+                         f"folder (python -m trainer.extract ... -o FEATURES_DIR)")
+    if p.is_dir() and ((p / FEATURES_META).is_file() or any(p.glob("features-*.safetensors"))):
         return FeatureDataset(p)
     if p.is_dir():
         return ShardDataset(p, frame_interval, seed, cache)
     if p.is_file():
         return ManifestDataset(p, frame_interval, seed, cache)
     raise ValueError(f"{p}: neither a shards folder nor a manifest file")
+
+
+def check_buckets(buckets, vae) -> None:
+    """Refuse, before any work, a bucket the VAE cannot encode (a frame count or size it does not take)."""
+    for T, H, W in buckets:
+        try:
+            vae.latent_shape(int(T), int(H), int(W))
+        except ValueError as err:
+            raise ValueError(f"data.buckets: [{T}, {H}, {W}]: {err}") from None
 
 
 class BucketSampler(torch.utils.data.Sampler):
@@ -231,8 +367,12 @@ class BucketSampler(torch.utils.data.Sampler):
 
 
 def collate(samples: list[dict]) -> dict:
-    if "latents" in samples[0]:  # pre-extracted features
-        return {k: torch.stack([s[k] for s in samples]) for k in ("latents", "y", "mask")} | {
-            "caption": [s["caption"] for s in samples], "clip_id": [s["clip_id"] for s in samples]}
-    return {"video": torch.stack([s["video"] for s in samples]), "caption": [s["caption"] for s in samples],
-            "clip_id": [s["clip_id"] for s in samples]}
+    """Stack a batch; failed clips are dropped and listed in `failed` (clip_id -> reason), never replaced."""
+    failed = {s["failed"]: s["reason"] for s in samples if "failed" in s}
+    samples = [s for s in samples if "failed" not in s]
+    batch = {"caption": [s["caption"] for s in samples], "clip_id": [s["clip_id"] for s in samples],
+             "failed": failed}
+    if not samples:  # every clip of the batch failed: nothing to train on
+        return batch
+    keys = ("latents", "y", "mask") if "latents" in samples[0] else ("video",)  # pre-extracted features or clips
+    return batch | {k: torch.stack([s[k] for s in samples]) for k in keys}

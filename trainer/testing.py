@@ -14,8 +14,10 @@ BASE_WORDS = tuple(("a the red green blue yellow white square circle moving left
                    "video shot person car street bike riding walking scene").split())
 
 
-def make_tiny_t5(path: str, words=(), d_model: int = 32, seed: int = 0) -> str:
-    """A 2-layer random T5 encoder with a word-level tokenizer over `BASE_WORDS + words`."""
+def make_tiny_t5(path: str, words=(), d_model: int = 32, seed: int = 0, d_ff: int | None = None,
+                 num_layers: int = 2) -> str:
+    """A random T5 encoder (2 layers) with a word-level tokenizer over `BASE_WORDS + words` (`d_model=4096, d_ff=64`:
+    T5-XXL's output size at a tiny cost)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
@@ -26,8 +28,8 @@ def make_tiny_t5(path: str, words=(), d_model: int = 32, seed: int = 0) -> str:
     tok.train_from_iterator([" ".join(BASE_WORDS + tuple(words))], trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(path)
-    cfg = T5Config(vocab_size=tok.get_vocab_size(), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
-                   num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    cfg = T5Config(vocab_size=tok.get_vocab_size(), d_model=d_model, d_kv=8, d_ff=d_ff or 2 * d_model,
+                   num_layers=num_layers, num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     with torch.random.fork_rng():  # leave the caller's random stream alone
         torch.manual_seed(seed)
         T5EncoderModel(cfg).save_pretrained(path)
@@ -43,6 +45,35 @@ def make_tiny_vae(path: str, latent_channels: int = 4, seed: int = 0) -> str:
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
                             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                             block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=32)
+    vae.save_pretrained(path)
+    return path
+
+
+# Tiny configs of the diffusers video VAEs (a few thousand weights each, real architecture otherwise): four
+# down blocks as in the released models, so the spatial and temporal compression are the real ones.
+TINY_VIDEO_VAES = {
+    "cogvideox": ("AutoencoderKLCogVideoX", dict(
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        sample_height=32, sample_width=32)),
+    "wan": ("AutoencoderKLWan", dict(
+        base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 1.5, 0.5, 1.0])),
+    "ltx-video": ("AutoencoderKLLTXVideo", dict(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1), scaling_factor=0.8)),
+    "hunyuan-video": ("AutoencoderKLHunyuanVideo", dict(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)),
+}
+
+
+def make_tiny_video_vae(path: str, kind: str, seed: int = 0, **overrides) -> str:
+    """A random diffusers video VAE of `TINY_VIDEO_VAES[kind]` (`overrides` change its config), saved to `path`."""
+    import diffusers
+
+    name, cfg = TINY_VIDEO_VAES[kind]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = getattr(diffusers, name)(**{**cfg, **overrides})
     vae.save_pretrained(path)
     return path
 

@@ -32,7 +32,7 @@ from index.files import atomic_write_text
 from trainer.config import load_config
 from trainer.data import BucketSampler, collate, open_dataset
 from trainer.diffusion import build_diffusion
-from trainer.encoders import TextEncoder, build_vae
+from trainer.encoders import TextEncoder, build_text_encoder, build_vae
 from trainer.model import STDiT, build_stdit
 
 
@@ -47,21 +47,6 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
-
-
-def build_text_encoder(cfg: dict, out_dir: Path | None = None, is_main: bool = True) -> TextEncoder:
-    """`kind: tiny` builds a random 2-layer T5 into OUT_DIR/text_encoder (copied into every checkpoint)."""
-    kind = cfg.get("kind", "t5")
-    if kind == "tiny":
-        from trainer.testing import make_tiny_t5
-
-        path = Path(cfg.get("path") or (out_dir / "text_encoder"))
-        if is_main and not (path / "config.json").exists():
-            make_tiny_t5(str(path))
-        return path, "t5"
-    if not cfg.get("path"):
-        raise ValueError(f"text.path is required for text.kind={kind}")
-    return cfg["path"], kind
 
 
 def build_model(cfg: dict, in_channels: int, caption_channels: int) -> STDiT:
@@ -232,6 +217,14 @@ def main(argv=None) -> int:
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                              num_workers=dc["num_workers"], generator=loader_gen)
         for batch in loader:
+            for clip_id, reason in dataset.note_failures(batch).items():  # read in a loader worker or here
+                print(f"[rank {rank}] skipping clip {clip_id}: {reason}", flush=True)
+            empty = not batch["clip_id"]  # every clip of the batch failed (trainer.data: never replaced)
+            if world > 1:  # all processes skip together: a lone skip would pair DDP's gradient all-reduces wrongly
+                empty = bool(accelerator.gather(torch.tensor([int(empty)], device=device)).any())
+            if empty:
+                state.position += 1
+                continue
             with accelerator.accumulate(model):
                 if "latents" in batch:  # pre-extracted features (trainer.extract)
                     x0, y, mask = batch["latents"].to(device), batch["y"].to(device), batch["mask"].to(device)
@@ -257,7 +250,9 @@ def main(argv=None) -> int:
             if state.step % tc["log_every"] == 0 or state.step == tc["max_steps"]:
                 last = accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
                 rate = seen / (time.perf_counter() - t_log)
-                metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"]}
+                failed = int(accelerator.gather(torch.tensor([len(dataset.failures)], device=device)).sum())
+                metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"],
+                           "failed_clips": failed}
                 accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=state.step)
                 if accelerator.is_main_process:
                     with open(metrics_path, "a") as f:
