@@ -39,7 +39,7 @@ import av
 import numpy as np
 import pandas as pd
 
-from ..engine import BadInput, Output, Stage, Unit, add_engine_args, options_from_args, run_stage
+from ..engine import Interrupted, Output, Stage, Unit, add_engine_args, options_from_args, run_stage
 from ..files import OutputLock, atomic_write_bytes, atomic_write_text, command_line, remove_own_temps
 from ..manifest import failure, read_failed, run_cli, write_failed
 from ..video import VideoError, iter_many, read_frames, sample_indices
@@ -152,14 +152,16 @@ def fit(width, height, box: int) -> tuple[int, int]:
 
 
 def encode_webp(frames: np.ndarray, rate: float, budget: int) -> bytes:
-    """A looping animated WebP of (T, H, W, 3) frames; lower quality, then fewer frames, until it fits budget."""
-    for quality, step in ((60, 1), (40, 1), (40, 2), (25, 3)):
+    """A looping animated WebP of (T, H, W, 3) frames: lower quality, then fewer frames, then half the size,
+    until it fits `budget` bytes (the last try is kept whatever its size)."""
+    for quality, step, scale in ((60, 1, 1), (40, 1, 1), (40, 2, 1), (25, 3, 1), (25, 4, 2)):
+        part = frames[::step, ::scale, ::scale]
         buf = io.BytesIO()
         with av.open(buf, "w", format="webp", options={"loop": "0"}) as c:
             s = c.add_stream("libwebp_anim", rate=Fraction(max(rate / step, 0.5)).limit_denominator(100))
-            s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            s.width, s.height, s.pix_fmt = part.shape[2], part.shape[1], "yuv420p"
             s.options = {"quality": str(quality)}
-            for i, img in enumerate(frames[::step]):
+            for i, img in enumerate(part):
                 f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
                 f.pts = i
                 c.mux(s.encode(f))
@@ -315,7 +317,11 @@ def make_previews(df: pd.DataFrame, out: Path, settings: dict, shards_dir: Path 
             p.unlink()
     units, nosource = preview_units(df, folder, shards_dir, settings["box"])
     store = _Collect(out)
-    run_stage(Previews(folder, settings["box"], settings["frames"], settings["kb"] * 1024, units), store, engine)
+    try:
+        run_stage(Previews(folder, settings["box"], settings["frames"], settings["kb"] * 1024, units), store, engine)
+    except Interrupted:
+        raise Interrupted(f"the {sum(1 for _ in folder.glob('*.webp'))} previews made so far are kept in "
+                          f"{folder}") from None
     return store.failures + [(failure(path, STAGE, f"clip {n}: {why}"), (n,)) for n, path, why in nosource]
 
 
@@ -407,7 +413,7 @@ def write_review(src, out, index=None, previews: dict | None = None, engine=None
         fails = make_previews(df, out, {"format": "webp", **previews}, Path(src) if kind == "shards" else None, engine)
     write_failed(out, [rec for rec, _ in fails])
     have = {p.stem for p in (out / "previews").glob("*.webp")} if (out / "previews").is_dir() else set()
-    reasons = {n: rec["reason"] for rec, names in fails for n in names}
+    reasons = {n: rec["reason"].removeprefix(f"clip {n}: ") for rec, names in fails for n in names}
     meta = {"title": title or f"review: {Path(src).resolve().name}", "kind": kind, "input": str(src),
             "index": str(index_dir) if index_dir is not None else None, "page_size": int(page_size)}
     failures = failures + [{**rec, "from": STAGE} for rec, _ in fails]
@@ -420,7 +426,8 @@ def write_review(src, out, index=None, previews: dict | None = None, engine=None
     return {"page": (out / "index.html").resolve(), "clips": int(in_set.sum()),
             "hours": float(df.loc[in_set, "duration"].sum() / 3600) if "duration" in df else 0.0,
             "groups": int(df.loc[df["dup_group"] >= 0, "dup_group"].nunique()), "failures": len(failures),
-            "previews": sum(1 for n in df["name"].unique() if n in have), "preview_failures": len(fails)}
+            "previews": sum(1 for n in df["name"].unique() if n in have),
+            "no_preview": sum(1 for n in df["name"].unique() if n not in have)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -470,9 +477,10 @@ def _main(argv=None) -> int:
             print(f"review-clips: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
     hours = f"{rep['hours']:.2f} h" if rep["hours"] >= 1 else f"{rep['hours'] * 60:.1f} min"
-    print(f"{rep['clips']} clips ({hours}), {rep['groups']} duplicate groups, {rep['failures']} "
-          f"failures listed; previews: {rep['previews']} ({rep['preview_failures']} could not be made, see "
-          f"failed.jsonl)", file=sys.stderr)
+    made = "none made (--no-previews)" if previews is None else \
+        f"{rep['previews']}, none for {rep['no_preview']} (see failed.jsonl)"
+    print(f"{rep['clips']} clips ({hours}), {rep['groups']} duplicate groups, {rep['failures']} failures listed; "
+          f"previews: {made}", file=sys.stderr)
     print(rep["page"])
     return 0
 

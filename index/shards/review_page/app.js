@@ -198,7 +198,10 @@
     const chips = el("div", "chips");
     if (R.dup[i] >= 0) {
       if (R.keep[i]) chips.append(el("span", "chip keep", "kept, group " + R.dup[i]));
-      else chips.append(el("span", "chip drop", "dropped duplicate" + (R.sim[i] !== null ? ", sim " + R.sim[i].toFixed(3) : "")));
+      else {
+        const sim = R.sim[i] !== null ? ", sim " + R.sim[i].toFixed(3) : "";
+        chips.append(el("span", "chip drop", "dropped duplicate" + sim));
+      }
       if (R.extra[i] && R.keep[i]) chips.append(el("span", "chip drop", "not in this set"));
     } else if (R.dropped[i]) {
       chips.append(el("span", "chip drop", "dropped"));
@@ -293,7 +296,13 @@
         const store = end === "lo" ? S.lo : S.hi;
         num.addEventListener("input", () => {
           const v = num.value === "" ? NaN : Number(num.value);
-          if (Number.isFinite(v)) { store[c] = v; r.value = v; } else { delete store[c]; r.value = end === "lo" ? lo : hi; }
+          if (Number.isFinite(v)) {
+            store[c] = v;
+            r.value = v;
+          } else {
+            delete store[c];
+            r.value = end === "lo" ? lo : hi;
+          }
           S.page = 0;
           update();
         });
@@ -374,7 +383,13 @@
       o.value = v;
       sel.append(o);
     }
-    sel.addEventListener("change", () => { S.sort = sel.value; S.desc = S.sort !== "" && S.sort !== "source"; syncDir(); S.page = 0; update(); });
+    sel.addEventListener("change", () => {
+      S.sort = sel.value;
+      S.desc = S.sort !== "" && S.sort !== "source"; // scores: the highest first
+      syncDir();
+      S.page = 0;
+      update();
+    });
     const syncDir = () => { $("sort-dir").textContent = S.desc ? "descending" : "ascending"; };
     S.desc = false;
     syncDir();
@@ -432,17 +447,19 @@
     const rows = F.filter((f) => !q || (f.path + "\n" + f.reason + "\n" + f.stage).toLowerCase().includes(q));
     const kinds = {};
     for (const f of rows) {
-      const k = (f.stage || f.from) + ": " + String(f.reason).replace(/^clip \S+: /, "").replace(/\d+(\.\d+)?/g, "N").slice(0, 80);
+      const reason = String(f.reason).replace(/^clip \S+: /, "").replace(/\d+(\.\d+)?/g, "N");
+      const k = (f.stage || f.from) + ": " + reason.slice(0, 80);
       kinds[k] = (kinds[k] || 0) + 1;
     }
     const sum = $("fail-summary");
     sum.replaceChildren(...Object.entries(kinds).sort((a, b) => b[1] - a[1]).slice(0, 12)
       .map(([k, n]) => el("span", "", n + " \u00d7 " + k)));
-    $("fail-status").textContent = rows.length + " failures" + (rows.length > 500 ? " (the first 500 shown; filter to narrow)" : "");
+    $("fail-status").textContent = plural(rows.length, "failure") +
+      (rows.length > 500 ? " (the first 500 shown; filter to narrow)" : "");
     const body = document.querySelector("#fail-table tbody");
     body.replaceChildren(...rows.slice(0, 500).map((f) => {
       const tr = el("tr");
-      tr.append(el("td", "", f.from || ""), el("td", "", f.stage || ""), el("td", "", f.path || ""), el("td", "", f.reason || ""));
+      for (const v of [f.from, f.stage, f.path, f.reason]) tr.append(el("td", "", v || ""));
       return tr;
     }));
   }
@@ -458,7 +475,8 @@
   document.title = R.title;
   $("title").textContent = R.title;
   $("summary").textContent = plural(setCount, "clip") + ", " + fmtTime(setSec) + " \u00b7 " +
-    plural(glist.length, "duplicate group") + " \u00b7 " + plural(F.length, "failure") + " \u00b7 " + R.kind + ": " + R.input;
+    plural(glist.length, "duplicate group") + " \u00b7 " + plural(F.length, "failure") + " \u00b7 " +
+    R.kind + ": " + R.input;
   $("total-count").textContent = setCount;
   $("total-hours").textContent = fmtTime(setSec);
   $("tab-clips").textContent = "Clips (" + setCount + ")";
