@@ -231,7 +231,7 @@
       src.title = path;
     }
     src.append(span + (R.shard && R.shard[i] ? " \u00b7 " + R.shard[i] : ""));
-    body.append(cap, chips, scores, el("div", "src", props), src, el("div", "id", R.id[i]));
+    body.append(cap, chips, scores, el("div", "props", props), src, el("div", "id", R.id[i]));
     t.append(pv, body);
     return t;
   }
