@@ -172,6 +172,19 @@ def test_offsets_in_the_index_are_where_the_clip_is_read(built, tmp_path):
         assert (tmp_path / "r2" / "previews" / f"{k}.webp").read_bytes() == (right / f"{k}.webp").read_bytes()
 
 
+def test_a_broken_shard_is_recorded_not_a_crash(built, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    shutil.copy(built["shards"] / "index.parquet", shards)
+    for tar in built["shards"].glob("*.tar"):
+        (shards / tar.name).write_bytes(tar.read_bytes()[:3000])  # cut inside the first member
+    assert main([str(shards), "-o", str(tmp_path / "r")]) == 0
+    failed = [json.loads(x) for x in (tmp_path / "r" / "failed.jsonl").read_text().splitlines()]
+    assert len(failed) == len(list(shards.glob("*.tar"))) and all("not a readable tar" in f["reason"] for f in failed)
+    d = read_data(tmp_path / "r")
+    assert not any(d["pv"]) and all("not a readable tar" in e for e in d["perr"])
+
+
 def test_manifest_input_missing_source_and_missing_columns(built, tmp_path):
     df = read_manifest(built["manifest"])
     gone = tmp_path / "gone.mp4"
@@ -209,7 +222,8 @@ def test_usage_errors_are_one_line_exit_2(built, tmp_path, capsys):
              [str(built["raw"]), "-o", str(tmp_path / "o")],  # a folder of videos, not shards or a manifest
              [str(built["shards"]), "-o", str(tmp_path / "o"), "--index", str(built["raw"])],
              [str(built["shards"]), "-o", str(tmp_path / "o"), "--preview-kb", "0"],
-             [str(built["shards"]), "-o", str(built["manifest"])]]
+             [str(built["shards"]), "-o", str(built["manifest"])],  # a file
+             [str(built["shards"]), "-o", str(built["shards"])]]  # the input folder: its failed.jsonl is not ours
     for argv in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()

@@ -39,7 +39,7 @@ import av
 import numpy as np
 import pandas as pd
 
-from ..engine import Interrupted, Output, Stage, Unit, add_engine_args, options_from_args, run_stage
+from ..engine import BadInput, Interrupted, Output, Stage, Unit, add_engine_args, options_from_args, run_stage
 from ..files import OutputLock, atomic_write_bytes, atomic_write_text, command_line, remove_own_temps
 from ..manifest import failure, read_failed, run_cli, write_failed
 from ..video import VideoError, iter_many, read_frames, sample_indices
@@ -97,7 +97,7 @@ def open_input(path, index=None) -> tuple[str, pd.DataFrame, list[dict], Path | 
         if not (index_dir / "clips.parquet").is_file():
             raise ReviewError(f"{index_dir}: not an index folder (no clips.parquet); run index-clips first")
     else:
-        index_dir = next((d for d in (path / "index",) if (d / "clips.parquet").is_file()), None)
+        index_dir = path / "index" if path.is_dir() and (path / "index" / "clips.parquet").is_file() else None
     df = _read_table(table)
     try:
         failures = [{**f, "from": kind} for f in read_failed(table.parent)]
@@ -204,7 +204,8 @@ class Previews(Stage):
             requests = {name: [start + i for i in plans[name][0]] for name, start, _, _ in d["items"]}
             for name, frames in iter_many(d["video"], requests, size=d["size"]):
                 done.append(self._write(name, frames, plans[name][1]))
-            failed += [(n, "its frames lie past the end of the video") for n in requests if n not in done]
+            made = set(done)
+            failed += [(n, "its frames lie past the end of the video") for n in requests if n not in made]
         return Output(pd.DataFrame({"preview": done}), failed)
 
     def _shard_clips(self, d: dict):
@@ -220,8 +221,11 @@ class Previews(Stage):
                 if data[4:8] != b"ftyp":
                     if members is None:
                         f.seek(0)
-                        with tarfile.open(fileobj=f) as tar:
-                            members = {m.name: (m.offset_data, m.size) for m in tar.getmembers()}
+                        try:
+                            with tarfile.open(fileobj=f) as tar:
+                                members = {m.name: (m.offset_data, m.size) for m in tar.getmembers()}
+                        except tarfile.TarError as e:
+                            raise BadInput(f"not a readable tar ({e})") from None
                     if f"{key}.mp4" not in members:
                         yield name, f"no {key}.mp4 in {Path(d['tar']).name}"
                         continue
@@ -259,11 +263,20 @@ class _Collect:
         self.failures.append((failure(path, STAGE, reason), tuple(ids)))
 
 
-def _seconds(r) -> float:
-    if r.get("end_sec") == r.get("end_sec") and r.get("start_sec") == r.get("start_sec") and "end_sec" in r:
-        return float(r["end_sec"]) - float(r["start_sec"])
-    fps = r.get("fps")
-    return float(r.get("num_frames") or 0) / float(fps) if fps and fps == fps else 2.0
+def _num(r: dict, col: str) -> float | None:
+    """A row's number, or None when the column is absent or empty."""
+    try:
+        v = float(r[col])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _seconds(r: dict) -> float:
+    """A clip's length: end_sec - start_sec, else num_frames / fps, else 2 s."""
+    t0, t1, n, fps = _num(r, "start_sec"), _num(r, "end_sec"), _num(r, "num_frames"), _num(r, "fps")
+    sec = t1 - t0 if t0 is not None and t1 is not None else (n / fps if n and fps else 0.0)
+    return sec if sec > 0 else 2.0
 
 
 def preview_units(df: pd.DataFrame, folder: Path, shards_dir: Path | None, box: int) -> tuple[list[Unit], list]:
@@ -277,19 +290,17 @@ def preview_units(df: pd.DataFrame, folder: Path, shards_dir: Path | None, box: 
         if name in seen or (folder / f"{name}.webp").exists():
             continue
         seen.add(name)
-        wh = (r.get("width"), r.get("height"))
+        wh = (_num(r, "width"), _num(r, "height"))
         tar = shards_dir / str(r["shard"]) if shards_dir is not None and not r["extra"] and r.get("shard") else None
-        if tar is not None and tar.is_file() and r.get("num_frames") == r.get("num_frames"):
-            offset = r.get("offset")
-            offset = int(offset) if offset is not None and offset == offset else None
-            size = int(r["size"]) if r.get("size") == r.get("size") and r.get("size") is not None else 0
-            tars.setdefault(str(tar), []).append((name, r.get("key") or safe_key(r["clip_id"]), offset, size,
-                                                  int(r["num_frames"]), _seconds(r), wh))
-        elif r.get("video_path") and r.get("start_frame") == r.get("start_frame") \
-                and r.get("end_frame") == r.get("end_frame") and "start_frame" in r and "end_frame" in r:
-            videos.setdefault(str(r["video_path"]), []).append(
-                (name, int(r["start_frame"]), int(r["end_frame"]), _seconds(r)))
-            sizes.setdefault(str(r["video_path"]), wh)
+        start, end, n = _num(r, "start_frame"), _num(r, "end_frame"), _num(r, "num_frames")
+        if tar is not None and tar.is_file() and n:
+            offset, size = _num(r, "offset"), _num(r, "size")
+            tars.setdefault(str(tar), []).append((name, r.get("key") or safe_key(r["clip_id"]),
+                                                  None if offset is None else int(offset), int(size or 0), int(n),
+                                                  _seconds(r), wh))
+        elif isinstance(r.get("video_path"), str) and start is not None and end is not None and end > start:
+            videos.setdefault(r["video_path"], []).append((name, int(start), int(end), _seconds(r)))
+            sizes.setdefault(r["video_path"], wh)
         else:
             nosource.append((name, r.get("video_path") or r.get("shard") or name,
                              "no source: no shard file and no video_path with a frame range"))
@@ -425,7 +436,8 @@ def write_review(src, out, index=None, previews: dict | None = None, engine=None
     in_set = ~df["dropped"]
     return {"page": (out / "index.html").resolve(), "clips": int(in_set.sum()),
             "hours": float(df.loc[in_set, "duration"].sum() / 3600) if "duration" in df else 0.0,
-            "groups": int(df.loc[df["dup_group"] >= 0, "dup_group"].nunique()), "failures": len(failures),
+            "groups": int((df.loc[df["dup_group"] >= 0, "dup_group"].value_counts() > 1).sum()),
+            "failures": len(failures),
             "previews": sum(1 for n in df["name"].unique() if n in have),
             "no_preview": sum(1 for n in df["name"].unique() if n not in have)}
 
@@ -463,6 +475,11 @@ def _main(argv=None) -> int:
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ReviewError(f"{args.out}: exists and is not a folder")
         opened = open_input(args.dir, args.index)  # usage errors before any work
+        src = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
+        for folder in (src, opened[3]):
+            if folder is not None and Path(args.out).resolve() == folder.resolve():
+                raise ReviewError(f"{args.out}: is an input folder (its failed.jsonl would be replaced); write the "
+                                  "page to a folder of its own")
         engine = options_from_args(args)
     except ValueError as e:
         print(f"review-clips: error: {' '.join(str(e).split())}", file=sys.stderr)
