@@ -147,8 +147,8 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
 
     Re-running on the same folders finishes missing videos only (and failed ones with `retry_failed`; every
     file hashed again with `rehash`). `summary`, when given, is filled with counts (videos, processed, skipped,
-    copies, clips, hours, failures). `engine`: `index.engine.EngineOptions` (workers, local or Ray); `workers`
-    is a shorthand for a local engine with that many processes.
+    copies, clips, hours, failures, hashed: files read in full). `engine`: `index.engine.EngineOptions`
+    (workers, local or Ray); `workers` is a shorthand for a local engine with that many processes.
     """
     raw = Path(raw_dir)
     if not raw.is_dir():
@@ -177,5 +177,6 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
     if summary is not None:
         hours = float((df["end_sec"] - df["start_sec"]).sum()) / 3600 if len(df) else 0.0
         summary.update(videos=sources.files, processed=report.done, skipped=report.skipped,
-                       copies=len(sources.copies), clips=len(df), hours=hours, failures=len(failures))
+                       copies=len(sources.copies), clips=len(df), hours=hours, failures=len(failures),
+                       hashed=hashes.hashed)
     return df, failures

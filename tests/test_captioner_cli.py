@@ -271,3 +271,47 @@ def test_a_source_with_many_clips_streams_through_in_chunks(sample_videos, tiny_
     out = stage.process(captioner(4), stage.prepare(unit))
     assert [cid for cid, _ in out.failures] == ["past-the-end"]
     assert list(out.rows["caption"]) == list(whole["caption"])
+
+
+def test_a_subset_first_then_the_whole_manifest_loses_no_clip(synth_manifest, tiny_qwen25, tmp_path, capsys):
+    manifest, src = synth_manifest
+    out = tmp_path / "out"
+    one_video = src[src["video_path"] == src["video_path"].iloc[0]]
+    write_manifest(one_video.iloc[:2], tmp_path / "subset.parquet")  # two clips of one source
+    assert _run(tmp_path / "subset.parquet", out, tiny_qwen25) == 0
+    capsys.readouterr()
+    assert _run(manifest, out, tiny_qwen25) == 0  # the same folder, every clip: only the new ones are captioned
+    got = read_manifest(out / "clips.parquet")
+    assert sorted(got["clip_id"]) == sorted(src["clip_id"]) and got["caption"].map(bool).all()
+    err = capsys.readouterr().err
+    assert f"captioned now                         │ {len(src) - 2} " in err
+
+
+def test_a_source_replaced_after_the_split_is_not_captioned(synth_manifest, tiny_qwen25, tmp_path):
+    _, src = synth_manifest
+    paths = sorted(set(src["video_path"]))
+    copies = {p: tmp_path / Path(p).name for p in paths}
+    for p, dst in copies.items():
+        shutil.copy(p, dst)
+    df = src.assign(video_path=src["video_path"].map(lambda p: str(copies[p])))
+    write_manifest(df, tmp_path / "m.parquet")
+    shutil.copy(paths[1], copies[paths[0]])  # other content under the first name
+    assert _run(tmp_path / "m.parquet", tmp_path / "out", tiny_qwen25) == 0
+    got = read_manifest(tmp_path / "out" / "clips.parquet")
+    assert set(got["video_path"]) == {str(copies[paths[1]])}
+    [failed] = read_failed(tmp_path / "out")
+    assert failed["path"] == str(copies[paths[0]]) and "video changed since it was split" in failed["reason"]
+
+
+def test_a_nan_fps_row_with_sample_fps_fails_alone(synth_manifest, tiny_qwen25, tmp_path):
+    _, src = synth_manifest
+    df = src.copy()
+    df.loc[0, "fps"] = float("nan")  # a hand-edited manifest
+    write_manifest(df, tmp_path / "m.parquet")
+    args = ["--sample-fps", "2", "--max-frames", "4"]
+    assert main([str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"), "--model", str(tiny_qwen25),
+                 "--max-new-tokens", "8", "--batch-size", "4", "--quiet", *args]) == 0
+    got = read_manifest(tmp_path / "out" / "clips.parquet")
+    assert len(got) == len(df) - 1 and got["frame_times"].map(lambda t: all(x == x for x in t)).all()
+    [failed] = read_failed(tmp_path / "out")
+    assert "fps is nan, must be a positive number" in failed["reason"]

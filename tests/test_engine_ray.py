@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from index.engine import EngineError, EngineOptions, run_units
-from index.manifest import read_manifest
+from index.engine import DIED, EngineError, EngineOptions, Output, Unit, run_stage
+from index.manifest import PartStore, read_manifest
+from test_engine import Toy
 
 pytestmark = pytest.mark.slow  # a Ray start, actors loading TransNetV2 and a tiny VLM
 
@@ -41,95 +42,74 @@ def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 # ---------------------------------------------------------------- the engine itself
 
-def _doubler():
-    token = os.getpid()  # stands for a model: made once per worker
-
-    def work(x):
-        if x == 3:
-            raise ValueError("unit three is\nbroken")
-        return x * 2, token
-
-    return work
+def _run(tmp_path, items, stage=None, **options):
+    store = PartStore(tmp_path, "toy")
+    report = run_stage(stage or Toy(items), store, EngineOptions(progress=False, **options))
+    df, fails = store.merge(sort_by=("clip_id",))
+    return report, df, fails
 
 
-def _collect(engine: str, units, **kw):
-    results, errors = {}, {}
-    n = run_units(units, _doubler, results.__setitem__, on_error=errors.__setitem__, engine=engine, **kw)
-    return n, results, errors
+def test_ray_gives_the_same_parts_as_local_and_builds_each_worker_once(ray_session, tmp_path):
+    items = [1, 2, "bad", 3, 4, 5]
+    _, local, local_fails = _run(tmp_path / "local", items)
+    report, remote, remote_fails = _run(tmp_path / "ray", items, engine="ray", workers=2)
+    pd.testing.assert_frame_equal(local.drop(columns="pid"), remote.drop(columns="pid"))
+    assert local_fails == remote_fails and report.failed == 1
+    assert 1 <= remote["pid"].nunique() <= 2 and os.getpid() not in set(remote["pid"])  # two actors, loaded once
 
 
-def test_ray_and_local_give_the_same_results_and_build_each_worker_once(ray_session):
-    units = list(range(10))
-    n_local, local, local_err = _collect("local", units)
-    n_ray, remote, remote_err = _collect("ray", units, workers=2)
-    assert n_local == n_ray == 10
-    assert {k: v[0] for k, v in local.items()} == {k: v[0] for k, v in remote.items()}
-    assert sorted(remote) == [u for u in units if u != 3]
-    assert local_err == remote_err == {3: "ValueError: unit three is broken"}  # one line either way
-    assert len({v[1] for v in remote.values()}) <= 2  # two actors, each built its worker once
-    assert os.getpid() not in {v[1] for v in remote.values()}  # the work ran outside the driver
+class Prepared(Toy):
+    """`prepare` (decoding) runs in separate Ray tasks ahead of the actors; its result reaches `process`."""
+
+    has_prepare = True
+
+    def prepare(self, unit):
+        return Unit(unit.key, unit.path, (unit.data, os.getpid()), unit.weight, unit.ids)
+
+    def process(self, pid, unit):
+        x, prep_pid = unit.data
+        out = super().process(pid, Unit(unit.key, unit.path, x))
+        return Output(out.rows.assign(prep_pid=prep_pid), out.failures)
 
 
-def test_prepare_runs_as_separate_tasks_that_feed_the_workers(ray_session):
-    def prepare(x):
-        return [x] * 3, os.getpid()
-
-    def make():
-        def work(item):
-            data, prep_pid = item
-            return sum(data), prep_pid, os.getpid()
-        return work
-
-    out = {}
-    run_units(range(6), make, out.__setitem__, prepare=prepare, engine="ray", workers=2)
-    assert {k: v[0] for k, v in out.items()} == {x: 3 * x for x in range(6)}
-    local = {}
-    run_units(range(6), make, local.__setitem__, prepare=prepare, engine="local")
-    assert {k: v[0] for k, v in local.items()} == {k: v[0] for k, v in out.items()}
+def test_prepare_runs_as_separate_tasks_that_feed_the_workers(ray_session, tmp_path):
+    _, remote, _ = _run(tmp_path / "ray", [1, 2, 3, 4], Prepared([1, 2, 3, 4]), engine="ray", workers=2)
+    _, local, _ = _run(tmp_path / "local", [1, 2, 3, 4], Prepared([1, 2, 3, 4]))
+    assert remote["twice"].tolist() == local["twice"].tolist() == [2, 4, 6, 8]
+    assert os.getpid() not in set(remote["prep_pid"]) and set(local["prep_pid"]) == {os.getpid()}
 
 
-def test_more_workers_than_the_cluster_holds_do_not_hang(ray_session):
+def test_more_workers_than_the_cluster_holds_do_not_hang(ray_session, tmp_path):
     import threading
 
-    def make():
-        return lambda item: (item, os.environ.get("CUDA_VISIBLE_DEVICES"))
-
-    out, runs = {}, []
-    for kw in ({"workers": 5}, {"workers": 5, "prepare": lambda x: x}):  # 2 CPUs: 2 actors, or 2 x 0.5 + decoding
-        t = threading.Thread(target=lambda kw=kw: runs.append(run_units(range(6), make, out.__setitem__,
-                                                                        engine="ray", **kw)), daemon=True)
+    runs = []
+    for k, stage in enumerate((Toy(range(6)), Prepared(range(6)))):  # 2 CPUs: 2 actors, or 2 x 0.5 + decoding
+        t = threading.Thread(target=lambda s=stage, k=k: runs.append(_run(tmp_path / str(k), None, s, engine="ray",
+                                                                          workers=5)), daemon=True)
         t.start()
         t.join(180)
-        assert not t.is_alive(), f"run_units({kw}) hung"
-    assert runs == [6, 6] and {k: v[0] for k, v in out.items()} == {x: x for x in range(6)}
-    assert {v[1] for v in out.values()} == {""}  # no GPU asked: the actors see none
+        assert not t.is_alive(), f"{type(stage).__name__} with 5 workers hung"
+    assert [r[0].done for r in runs] == [6, 6]
 
 
-def test_a_dead_actor_fails_only_its_unit_and_is_replaced(ray_session):
-    def make():
-        def work(x):
-            if x == 2:
-                os._exit(1)  # a decoder segfault, the OOM killer
-            return x
-        return work
-
-    out, errors = {}, {}
-    run_units(range(6), make, out.__setitem__, on_error=errors.__setitem__, engine="ray", workers=2)
-    assert sorted(out) == [0, 1, 3, 4, 5]
-    assert list(errors) == [2] and "worker process died" in errors[2]
+def test_a_dead_actor_fails_only_its_unit_and_is_replaced(ray_session, tmp_path):
+    _, df, fails = _run(tmp_path, [1, "die", 2, 3], engine="ray", workers=2)
+    assert df["clip_id"].tolist() == ["c1", "c2", "c3"]
+    assert fails == [{"path": "src/die", "stage": "toy", "reason": DIED}]
 
 
-def test_without_on_error_a_failed_unit_stops_the_run_with_a_clear_error(ray_session):
-    with pytest.raises(EngineError, match="unit three is broken"):
-        run_units([3], _doubler, lambda u, r: None, engine="ray")
-    def no_model():
+class NoModel(Toy):
+    def load(self):
         raise OSError("model folder /nope is missing")
 
-    done = []
+
+def test_a_bug_or_a_worker_that_cannot_start_stops_the_run_and_marks_nothing(ray_session, tmp_path):
+    with pytest.raises(KeyError, match="a bug in process"):
+        _run(tmp_path / "bug", [1, "bug"], engine="ray")
+    assert not PartStore(tmp_path / "bug", "toy").done("ubug")
     with pytest.raises(EngineError, match="could not start: OSError: model folder /nope is missing"):
-        run_units([1, 2], no_model, lambda u, r: done.append(u), on_error=lambda u, e: done.append(u),
-                  engine="ray")
-    assert done == []  # no unit is marked failed (a re-run would skip it) when the worker cannot start
+        _run(tmp_path / "nomodel", [1, 2], NoModel([1, 2]), engine="ray")
+    assert not list(PartStore(tmp_path / "nomodel", "toy").dir.glob("*"))  # nothing marked failed
     with pytest.raises(ValueError, match="unknown engine 'spark'"):
         EngineOptions(engine="spark")
 

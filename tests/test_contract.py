@@ -1,0 +1,153 @@
+"""The data contract under abuse: hashes cached by file identity, one run per output folder, only our own temp
+files deleted, non-regular files and undecodable names refused as bad input, hand-edited rows range-checked,
+every manifest with a unique clip_id."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+from index.engine import BadInput
+from index.files import HashCache, LockError, OutputLock, atomic_write_text, file_sha256, remove_own_temps, temp_name
+from index.manifest import check_rows, read_failed, read_manifest, write_manifest
+from index.record import Clip
+
+
+def test_hash_cache_reads_a_file_once_until_it_changes(tmp_path):
+    f = tmp_path / "a.mp4"
+    f.write_bytes(b"x" * 1000)
+    with HashCache(tmp_path / "out") as cache:
+        sha = cache.sha256(f)
+        assert sha == file_sha256(f) and cache.hashed == 1
+    with HashCache(tmp_path / "out") as again:  # a re-run: a stat, no read
+        assert again.sha256(f) == sha and (again.hashed, again.cached) == (0, 1)
+    with HashCache(tmp_path / "out", rehash=True) as full:  # --rehash reads it all again
+        assert full.sha256(f) == sha and full.hashed == 1
+    f.write_bytes(b"y" * 1000)  # same size, new content and mtime
+    with HashCache(tmp_path / "out") as changed:
+        assert changed.sha256(f) == file_sha256(f) != sha and changed.hashed == 1
+    with HashCache(tmp_path / "other", also=[tmp_path / "out"]) as seeded:  # the input stage's cache is read too
+        seeded.sha256(f)
+        assert seeded.hashed == 0
+    with open(tmp_path / "out" / ".shotcap" / "hashes.jsonl", "a") as torn:  # a kill mid-line
+        torn.write('{"path": "/x", "si')
+    with HashCache(tmp_path / "out") as after_kill:
+        assert after_kill.sha256(f) == file_sha256(f) and after_kill.hashed == 0
+
+
+def test_only_regular_files_are_read(tmp_path):
+    fifo = tmp_path / "stream.mp4"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero", tmp_path):
+        with pytest.raises(BadInput, match="not a regular file"):
+            file_sha256(path)  # returns at once instead of blocking on a writer or reading forever
+        with pytest.raises(BadInput, match="not a regular file"):
+            HashCache(tmp_path / "out").sha256(path)
+    with pytest.raises(BadInput, match="cannot read file"):
+        HashCache(tmp_path / "out").sha256(tmp_path / "gone.mp4")
+
+
+def test_a_second_run_on_a_folder_is_refused_naming_the_first(tmp_path):
+    with OutputLock(tmp_path, "split-videos raw -o out"):
+        with pytest.raises(LockError, match=r"in use by another run \(split-videos raw -o out, pid \d+"):
+            with OutputLock(tmp_path, "split-videos raw -o out"):
+                pass
+    with OutputLock(tmp_path, "again"):  # released at the end of the run
+        pass
+
+
+def test_a_locked_output_folder_is_one_line_and_exit_code_2(sample_videos, tmp_path, capsys):
+    from splitter.cli import main
+
+    raw, _ = sample_videos
+    with OutputLock(tmp_path / "out", "split-videos (the first run)"):
+        assert main([str(raw), "-o", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in use by another run (split-videos (the first run), pid" in err[0]
+
+
+def test_cleanup_deletes_only_our_own_temp_files(tmp_path):
+    ours = temp_name(tmp_path / "clips.parquet")
+    ours.write_bytes(b"half written")
+    theirs = [tmp_path / ".notes.tmp", tmp_path / ".draft.mp4.tmp", tmp_path / "my_backup.tar"]
+    for p in theirs:
+        p.write_bytes(b"the user's")
+    (tmp_path / "sub").mkdir()
+    nested = temp_name(tmp_path / "sub" / "x.parquet")
+    nested.write_bytes(b"in a folder not named")
+    assert remove_own_temps(tmp_path) == 1
+    assert not ours.exists() and all(p.exists() for p in theirs) and nested.exists()
+    atomic_write_text(tmp_path / "done.txt", "ok")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".draft.mp4.tmp", ".notes.tmp"]
+
+
+def _rows(n=3):
+    return pd.DataFrame([Clip.from_range("raw/a.mp4", "ab" * 32, 25 * i, 25 * (i + 1), i, i + 1, 25.0, 640, 360)
+                         .to_dict() for i in range(n)])
+
+
+@pytest.mark.parametrize("column,value,why", [
+    ("start_frame", -50, "start_frame is -50, must be >= 0"),
+    ("fps", math.nan, "fps is nan, must be a positive number"),
+    ("fps", 0.0, "fps is 0.0, must be a positive number"),
+    ("end_frame", 25, "end_frame is 25, must be > start_frame (25)"),
+    ("num_frames", 7, "num_frames is 7, must be end_frame - start_frame (25)"),
+    ("width", 0, "width is 0, must be a positive number"),
+    ("end_sec", 0.5, "end_sec is 0.5, must be a number > start_sec (1.0)"),
+])
+def test_a_hand_edited_row_out_of_range_is_that_rows_failure(column, value, why):
+    df = _rows()
+    df.loc[1, column] = value
+    good, fails = check_rows(df, "m.parquet", "caption")
+    assert good["clip_id"].tolist() == [df["clip_id"][0], df["clip_id"][2]]
+    assert fails == [{"path": "raw/a.mp4", "stage": "caption",
+                      "reason": f"m.parquet row 1 (clip {df['clip_id'][1]}): {why}"}]
+
+
+def test_a_repeated_clip_id_is_refused_on_read_and_on_write(tmp_path):
+    df = pd.concat([_rows(2), _rows(2).iloc[:1]], ignore_index=True)
+    good, fails = check_rows(df, "m.parquet", "index")
+    assert len(good) == 2 and "row 2" in fails[0]["reason"] and "repeats an earlier row" in fails[0]["reason"]
+    with pytest.raises(RuntimeError, match="on more than one row"):
+        write_manifest(df, tmp_path / "clips.parquet")  # a stage that made such a frame has a bug
+
+
+def test_split_records_fifos_and_undecodable_names_and_goes_on(sample_videos, tmp_path):
+    from splitter.pipeline import split_videos
+
+    src, _ = sample_videos
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good = sorted(src.glob("*.mp4"))[0]
+    shutil.copy(good, raw / "good.mp4")
+    os.mkfifo(raw / "pipe.mp4")  # reading it would block forever
+    bad_name = os.fsencode(raw) + b"/caf\xe9 latin-1.mp4"  # not valid UTF-8
+    shutil.copy(good, bad_name)
+    os.utime(bad_name, (1, 1))
+    summary: dict = {}
+    df, failures = split_videos(raw, tmp_path / "out", detector="content", progress=False, summary=summary)
+    assert set(df["video_path"]) == {str(raw / "good.mp4")} and summary["videos"] == 3
+    reasons = {f["path"].rsplit("/", 1)[-1]: f["reason"] for f in read_failed(tmp_path / "out")}
+    assert reasons == {"pipe.mp4": "not a regular file (a pipe, device or folder)",
+                       "caf\\xe9 latin-1.mp4": "file name is not valid UTF-8; rename the file"}
+    summary.clear()
+    again, _ = split_videos(raw, tmp_path / "out", detector="content", progress=False, summary=summary)
+    assert summary["hashed"] == 0 and again.equals(df)  # a re-run reads no file: their hashes are cached
+
+
+def test_index_clips_does_not_hang_on_a_row_pointing_at_a_device(sample_videos, tmp_path):
+    from index.dedup.cli import build_index
+    from splitter.pipeline import split_videos
+
+    df, _ = split_videos(sample_videos[0], tmp_path / "split", detector="content", progress=False)
+    bad = df.iloc[:1].assign(video_path="/dev/zero", clip_id="device-clip")
+    write_manifest(pd.concat([df, bad], ignore_index=True), tmp_path / "m.parquet")
+    meta = build_index(tmp_path / "m.parquet", tmp_path / "idx")
+    assert meta["clips"] == len(df)
+    assert [f["path"] for f in read_failed(tmp_path / "idx")] == ["/dev/zero"]
+    assert "not a regular file" in read_failed(tmp_path / "idx")[0]["reason"]
+    assert read_manifest(tmp_path / "idx" / "clips.parquet")["clip_id"].is_unique
