@@ -365,7 +365,10 @@ class PartStore:
 
             col = table.column("clip_id")
             table = table.filter(pc.is_in(col, value_set=pa.array(list(ids), type=col.type)))
-        df = table.to_pandas() if table is not None else pd.DataFrame(columns=list(CORE_COLUMNS))
+        # self_destruct: each column's Arrow buffers are freed as it is converted (peak memory ~ one copy, not two)
+        df = (table.to_pandas(self_destruct=True, split_blocks=True) if table is not None
+              else pd.DataFrame(columns=list(CORE_COLUMNS)))
+        table = None
         if ids is not None and len(df):
             df = df.drop_duplicates("clip_id", keep="first")
         order = [c for c in sort_by if c in df.columns]

@@ -7,6 +7,7 @@ reordering are its business; the caller never relies on output order.
 
 from __future__ import annotations
 
+import abc
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class GenerateOptions:
         return int(self.max_new_tokens * 1.5) if self.retry else self.max_new_tokens
 
 
-class Backend:
+class Backend(abc.ABC):
     """Base class: subclasses implement `load` and `_generate`."""
 
     name = "base"
@@ -96,8 +97,13 @@ class Backend:
         self.stats["output_tokens"] += sum(o.num_tokens for o in out.values())
         return out
 
+    @abc.abstractmethod
+    def load(self) -> "Backend":
+        """Load the model (once per worker) and return self."""
+
+    @abc.abstractmethod
     def _generate(self, requests: list[Request], options: GenerateOptions) -> dict[str, Output]:
-        raise NotImplementedError
+        """{request_id: Output} for every request, in any order."""
 
     def close(self) -> None:
         pass

@@ -14,6 +14,7 @@ The text embedder is sentence-transformers; its offline default is the all-MiniL
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def frame_hash(frames: np.ndarray) -> str:
     return hashlib.sha256(np.round(small).astype(np.uint8).tobytes()).hexdigest()[:20]
 
 
-class VisualEmbedder:
+class VisualEmbedder(abc.ABC):
     """Base class: `embed(list of (T, H, W, 3) uint8 arrays) -> (N, dim) float32`, L2-normalised."""
 
     name = "base"
@@ -47,8 +48,9 @@ class VisualEmbedder:
         """Size (w, h) the decoder resizes frames to for a clip of this display size."""
         return None
 
+    @abc.abstractmethod
     def embed(self, clips: list[np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
+        """One L2-normalised vector per clip."""
 
     def describe(self) -> dict:
         return {"name": self.name, "dim": self.dim, "num_frames": self.num_frames}
