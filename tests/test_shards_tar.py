@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import tarfile
 
-from index.shards.build import write_shard
+from index.shards.formats.webdataset import write_shard
 
 # sha256 of the tar below as written by the hand-made ustar writer that build-shards used before it wrote
 # through webdataset.TarWriter (computed with that writer, then frozen here): the new writer must give the
