@@ -17,8 +17,9 @@ Grammar (keywords in any case):
 Nothing is evaluated as Python: the text becomes a small tree of these nodes and each node is a pandas
 operation on a column. Columns are checked against the manifest before any work: an unknown name is a
 usage error naming the nearest column; text compares only with text (== != in), numbers with numbers.
-A clip with no value (NaN, None) in a column that a condition names does not pass that condition, whatever
-`not` says around it: "unknown" is never "kept".
+A clip with no value (NaN, None) in a column makes a comparison on it unknown, and unknowns combine as in SQL:
+`unknown or true` is true, `unknown and false` is false, `not unknown` is unknown, and a clip whose whole
+filter is unknown is not kept ("unknown" is never "kept").
 
 The top-level `and` terms are the filter's steps: the data card's retention table shows what each costs.
 """
@@ -74,29 +75,35 @@ class Node:
         return a[0]
 
     def mask(self, df: pd.DataFrame) -> np.ndarray:
-        """Rows that pass, as a boolean array (a row missing a value the condition names does not pass)."""
-        known = np.ones(len(df), bool)
-        for col in self.columns():
-            known &= df[col].notna().to_numpy()
-        return self._eval(df) & known
+        """Rows that pass, as a boolean array (a row whose result is unknown does not pass)."""
+        value, known = self._eval(df)
+        return value & known
 
-    def _eval(self, df: pd.DataFrame) -> np.ndarray:
+    def _eval(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(value, known) per row, with SQL's three-valued logic; value is False where unknown."""
         k, a = self.kind, self.args
-        if k == "and":
-            return a[0]._eval(df) & a[1]._eval(df)
-        if k == "or":
-            return a[0]._eval(df) | a[1]._eval(df)
+        if k in ("and", "or"):
+            (va, ka), (vb, kb) = a[0]._eval(df), a[1]._eval(df)
+            if k == "and":  # false if either side is known false
+                return va & vb, (ka & kb) | (ka & ~va) | (kb & ~vb)
+            return va | vb, (ka & kb) | (ka & va) | (kb & vb)  # true if either side is known true
         if k == "not":
-            return ~a[0]._eval(df)
+            v, known = a[0]._eval(df)
+            return ~v & known, known
+        col = a[1] if k == "cmp" else a[0]
+        known = df[col].notna().to_numpy()
         if k == "bool":
-            return df[a[0]].fillna(False).astype(bool).to_numpy()
-        if k == "in":
-            hit = df[a[0]].isin(list(a[1])).to_numpy()
-            return ~hit if a[2] else hit
-        op, col, value = a
-        s = df[col]
-        s = pd.to_numeric(s, errors="coerce") if isinstance(value, (int, float)) and not isinstance(value, bool) else s
-        return getattr(s, op)(value).fillna(False).to_numpy(dtype=bool)
+            value = df[col].fillna(False).astype(bool).to_numpy()
+        elif k == "in":
+            hit = df[col].isin(list(a[1])).to_numpy()
+            value = ~hit if a[2] else hit
+        else:
+            op, _, lit = a
+            s = df[col]
+            if isinstance(lit, (int, float)) and not isinstance(lit, bool):
+                s = pd.to_numeric(s, errors="coerce")
+            value = getattr(s, op)(lit).fillna(False).to_numpy(dtype=bool)
+        return value & known, known
 
     def thresholds(self) -> list[tuple[str, str, float]]:
         """(column, op, number) of every numeric comparison inside: the lines drawn on the card's histograms."""
