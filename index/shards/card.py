@@ -26,6 +26,7 @@ from .select import hours
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "TEMPLATE.md"
 # the scorer's columns (score-clips); any numeric `score_*` column is a score too
+SIMILARITY_SAMPLE = 20_000
 SCORE_COLUMNS = ("aesthetic", "motion", "motion_max", "sharpness", "brightness", "black_frac", "text_area", "bpp",
                  "text_match", "nsfw")
 
@@ -49,6 +50,10 @@ def size_category(n: int) -> str:
         if n < limit:
             return name
     return "n>10M"
+
+
+def human_size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
 
 
 def _reason(text: str) -> str:
@@ -133,18 +138,28 @@ def _similarity(index_dir, index: pd.DataFrame, card_dir: Path) -> tuple[str, st
             f"{meta['clips']} indexed clips; pair search: {d['method']}). After the filters, one clip per group "
             f"is kept: {d['keep_rule']}.")
     figure = ""
-    vis_path, clips_path = Path(index_dir) / "visual.npy", Path(index_dir) / "clips.parquet"
-    if vis_path.exists() and clips_path.exists() and len(index) >= 2:
-        from ..dedup.groups import nearest_neighbour_similarity
-
-        ids = pd.read_parquet(clips_path, columns=["clip_id"])["clip_id"].astype(str)
-        rows = np.flatnonzero(ids.isin(set(index["clip_id"].astype(str))).to_numpy() & ~ids.duplicated().to_numpy())
-        vis = np.load(vis_path, mmap_mode="r")
-        if len(rows) >= 2 and len(vis) == len(ids):
-            nearest = nearest_neighbour_similarity(np.asarray(vis[rows]))
-            atomic_write_bytes(card_dir / "similarity.png", plots.similarity(nearest, float(d["threshold"])))
-            figure = "![nearest-neighbour similarity](card/similarity.png)"
+    nearest = card_similarities(index_dir, index["clip_id"] if len(index) else [])
+    if len(nearest) >= 2:
+        atomic_write_bytes(card_dir / "similarity.png", plots.similarity(nearest, float(d["threshold"])))
+        figure = "![nearest-neighbour similarity](card/similarity.png)"
     return text, figure, models
+
+
+def card_similarities(index_dir, clip_ids) -> np.ndarray:
+    """For each clip of the card (found in the index), the cosine similarity of its visual embedding to the
+    nearest other clip of the card: the clip set the card counts, not the whole index (a sample of
+    SIMILARITY_SAMPLE clips of larger cards, each compared with all)."""
+    from ..dedup.groups import nearest_neighbour_similarity
+
+    vis_path, clips_path = Path(index_dir) / "visual.npy", Path(index_dir) / "clips.parquet"
+    if not (vis_path.exists() and clips_path.exists()):
+        return np.zeros(0, np.float32)
+    ids = pd.read_parquet(clips_path, columns=["clip_id"])["clip_id"].astype(str)
+    rows = np.flatnonzero(ids.isin(set(map(str, clip_ids))).to_numpy() & ~ids.duplicated().to_numpy())
+    vis = np.load(vis_path, mmap_mode="r")
+    if len(rows) < 2 or len(vis) != len(ids):
+        return np.zeros(0, np.float32)
+    return nearest_neighbour_similarity(np.asarray(vis[rows]), sample=min(len(rows), SIMILARITY_SAMPLE))
 
 
 def _front_matter(name: str, license: str, n: int, data_files: list, fmt: str) -> str:
@@ -175,9 +190,10 @@ def write_card(out_dir, report, info, manifest=None, index_dir=None, name: str |
         atomic_write_bytes(card_dir / f"{key}.png", png)
     detector, upstream = _provenance(manifest)
     dedup_text, similarity, models = _similarity(index_dir, index, card_dir)
-    for col, what in (("caption_model", "caption model"), ("prompt_id", "caption prompt (prompt_id)")):
-        if col in index:
-            models = [(what, v, n) for v, n in index[col].dropna().astype(str).value_counts().items()] + models
+    captions = [(what, v, n) for col, what in (("caption_model", "caption model"), ("prompt_id", "caption prompt "
+                                                                                               "(prompt_id)"))
+                if col in index for v, n in index[col].dropna().astype(str).value_counts().items()]
+    models = captions + models
     score_table, score_figures = _scores(sel, index, card_dir)
     steps = [(k + 1, s.kind, s.condition, s.dropped, s.clips, f"{s.hours:.3f}")
              for k, s in enumerate(sel.steps if sel is not None else [])]
@@ -187,7 +203,7 @@ def write_card(out_dir, report, info, manifest=None, index_dir=None, name: str |
     size = sum((out_dir / f).stat().st_size for f in info.files if (out_dir / f).is_file())
     totals = [("clips", len(index)), ("hours", f"{report.hours:.3f}"),
               ("source videos", index["video_sha256"].nunique() if len(index) else 0), *info.totals,
-              ("size on disk", f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"),
+              ("size on disk", human_size(size)),
               ("rows in the input manifest", sel.input_rows if sel is not None else len(index)),
               ("clips dropped", sum(report.dropped.values()))]
     opts = report.clip_options

@@ -144,4 +144,4 @@ class WebDatasetWriter(Writer):
                   "urls = sorted(glob.glob(\"path/to/this/folder/*.tar\"))\n"
                   "ds = wds.WebDataset(urls, shardshuffle=False).decode()  # {\"__key__\", \"mp4\": bytes, \"json\": dict}\n"
                   "```"),
-            data_files=["*.tar"], files=shards + ["index.parquet"], totals=[("shards", len(shards))])
+            data_files=["*.tar"], files=shards, totals=[("shards", len(shards))])
