@@ -4,7 +4,7 @@ clip and caption checked; the clip options; re-runs that change nothing; stale f
 from __future__ import annotations
 
 import hashlib
-import tomllib
+
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ from index.shards.names import aspect_name, ASPECTS
 from index.shards.stage import ClipOptions
 from index.video import iter_frames, read_frames
 from test_shards_data import make_shards_dataset, scores  # noqa: F401  (scores: a fixture)
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +195,24 @@ def test_scores_travel_in_each_sample(data, tmp_path):
         for col in ("aesthetic", "motion", "text_area", "camera_motion", "text_static"):
             assert s["json"][col] == (row[col].item() if hasattr(row[col], "item") else row[col]), col
     assert len(read_frames(samples[0]["mp4"], range(4))) == 4
+
+
+@pytest.mark.parametrize("fmt", ["folder", "finetrainers"])
+def test_a_killed_folder_export_resumes_to_the_same_files(data, tmp_path, fmt):
+    out = tmp_path / fmt
+    rep = build_shards(data["df"], out, dedup=False, fmt=fmt)
+    listing = digest(out)
+    lists = {f: (out / f).read_bytes() for f in WRITERS[fmt]().fixed_files()}
+    # killed mid-way: a clip and the list files not yet written, a clip still staged, a temp file of ours left
+    gone, staged = sorted((out / "videos").glob("*.mp4"))[:2]
+    gone.unlink()
+    gone.with_suffix(".txt").unlink(missing_ok=True)
+    (out / ".staging").mkdir()
+    staged.rename(out / ".staging" / staged.name)
+    for f in lists:
+        (out / f).unlink()
+    (out / "videos" / f".{gone.name}.shotcap-7-0123abcd.tmp").write_bytes(b"half a clip")
+    again = build_shards(data["df"], out, dedup=False, fmt=fmt)
+    assert sorted(digest(out)) == sorted(listing) and again.samples == rep.samples
+    assert {f: (out / f).read_bytes() for f in lists} == lists and not (out / ".staging").exists()
+    assert len(frames_of(gone)) == rep.index.set_index("file").loc[f"videos/{gone.name}", "num_frames"]
