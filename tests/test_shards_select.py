@@ -141,3 +141,17 @@ def test_opensora_csv_card_speaks_of_its_own_files(source, tmp_path):
     assert f"| clip files | {len(files) - 1} |" in text
     size = sum(f.stat().st_size for f in files)
     assert size < 1e6 and f"| size on disk | {size / 1e3:.1f} KB |" in text
+
+
+def test_histograms_span_the_data_and_count_in_whole_clips():
+    from index.shards.plots import _bins, _plt, histogram_figure
+
+    edges = _bins(np.array([0.31, 0.47, 0.52]))
+    assert edges[0] == 0.31 and edges[-1] == 0.52  # the data's range, not -1..1
+    edges = _bins(np.array([3, 7, 12]), integer=True)
+    assert edges[0] == 2.5 and edges[-1] >= 12.5 and np.allclose(edges % 1, 0.5)  # one bin per whole word count
+    fig = histogram_figure([5, 6, 6], "caption length (words)", integer=True)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear"
+    assert all(float(t).is_integer() for t in ax.get_yticks()) and all(float(t).is_integer() for t in ax.get_xticks())
+    _plt().close(fig)

@@ -20,7 +20,6 @@ removed. Encoding is single-threaded (see index.video), so the same inputs give 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,10 +174,13 @@ def _build(df, out_dir: Path, writer, state: dict, index_dir, dedup, shard_size,
     clips = sel.add("failed", "sources that could not be cut (missing, changed, undecodable)", ok, clips)
 
     index = _write(writer, clips, ctx, opts)
-    for key in set(safe_key(c) for c in df["clip_id"]):  # staged clips are copies: the output holds them now
-        (staging / f"{key}.mp4").unlink(missing_ok=True)
-    if staging.is_dir() and not any(staging.iterdir()):
-        staging.rmdir()
+    if staging.is_dir():  # staged clips of this manifest are copies now: the output holds them
+        keys = {safe_key(c) for c in df["clip_id"]}
+        for p in staging.glob("*.mp4"):
+            if p.stem in keys and p.is_file():
+                p.unlink()
+        if not any(staging.iterdir()):
+            staging.rmdir()
     front = [c for c in ("clip_id", "key", "file", "shard", "offset", "size", "bucket") if c in index]
     index = index[front + [c for c in index.columns if c not in front]].reset_index(drop=True)
     atomic_write_bytes(out_dir / "index.parquet", index.to_parquet(index=False))
@@ -226,10 +228,6 @@ def flag_summary(sel: Selection) -> str:
     dropped = ", ".join(f"{f} {c['dropped']}" for f, c in sorted(sel.flags.items()) if c["dropped"])
     kept = ", ".join(f"{f} {c['kept']}" for f, c in sorted(sel.flags.items()) if c["kept"])
     return "; ".join(p for p in (f"{dropped} dropped" if dropped else "", f"{kept} kept" if kept else "") if p)
-
-
-def unfit_reasons(report: ShardReport) -> Counter:
-    return Counter(reason for _, reason in report.unfit)
 
 
 __all__ = ["ShardReport", "ShardsError", "Step", "build_shards", "check_output", "read_state", "STAGE"]

@@ -56,6 +56,10 @@ def _bins(values: np.ndarray, integer: bool = False, most: int = 30) -> np.ndarr
 
 def histogram(values, xlabel: str, colour: str = BLUE, integer: bool = False, lines=(), title: str = "") -> bytes:
     """A linear histogram of `values` over their own range; `lines`: (x, label) drawn as dashed verticals."""
+    return _png(histogram_figure(values, xlabel, colour, integer, lines, title))
+
+
+def histogram_figure(values, xlabel: str, colour: str = BLUE, integer: bool = False, lines=(), title: str = ""):
     plt = _plt()
     values = np.asarray(values, float)
     values = values[np.isfinite(values)]
@@ -73,7 +77,7 @@ def histogram(values, xlabel: str, colour: str = BLUE, integer: bool = False, li
     _integer_counts(ax)
     if integer:
         _integer_counts(ax, "x")
-    return _png(fig)
+    return fig
 
 
 def similarity(nearest: np.ndarray, threshold: float, among: str = "in this dataset") -> bytes:
