@@ -38,9 +38,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep-top", action="append", default=[], metavar="COL:FRACTION",
                     help="keep the best FRACTION of the clips left by COL (highest first), e.g. aesthetic:0.8; "
                          "repeatable, applied in order after --where")
-    ap.add_argument("--allow-flags", default="", metavar="LIST",
+    ap.add_argument("--allow-flags", default=None, metavar="LIST",
                     help="comma-separated caption flags to keep (e.g. truncated,loop; 'all' keeps every flagged "
-                         "caption); clips with any other flag are dropped")
+                         "caption); clips with any other flag are dropped (None: no flag is allowed)")
     ap.add_argument("--index", default=None, metavar="INDEX_DIR",
                     help="dedup with this index-clips folder (clips it does not hold are dropped) instead of "
                          "building OUT/index")
@@ -95,7 +95,7 @@ def _main(argv=None) -> int:
         opts = ClipOptions(args.fps, args.frames_4k1, args.side_multiple)
         engine = options_from_args(args)
         check_output(out, args.format, opts)
-        flags = tuple(f.strip() for f in args.allow_flags.split(",") if f.strip())
+        flags = tuple(f.strip() for f in (args.allow_flags or "").split(",") if f.strip())
     except (ManifestError, WhereError, ShardsError, ValueError) as e:
         return _usage(e)
 
