@@ -133,7 +133,13 @@ def test_musubi_and_diffusion_pipe_tomls_match_the_clips(data, tmp_path):
 
     rep = build_shards(data["df"], tmp_path / "d", dedup=False, fmt="diffusion-pipe")
     cfg = tomllib.loads((tmp_path / "d" / "diffusion_pipe_dataset.toml").read_text())
-    assert Path(cfg["directory"][0]["path"]) == (tmp_path / "d" / "videos").resolve()
+    videos = Path(cfg["directory"][0]["path"])
+    assert videos == (tmp_path / "d" / "videos").resolve()
+    by_key = rep.index.set_index("key")
+    assert sorted(p.stem for p in videos.glob("*.mp4")) == sorted(by_key.index)  # every clip, with its caption
+    for key, row in by_key.iterrows():
+        assert (videos / f"{key}.txt").read_text(encoding="utf-8") == row["caption"]
+        assert len(frames_of(videos / f"{key}.mp4")) == row["num_frames"]
     assert cfg["enable_ar_bucket"] is True and cfg["frame_buckets"][0] == 1
     names = {aspect_name(w, h) for w, h in zip(rep.index["clip_width"], rep.index["clip_height"])}
     assert sorted(cfg["ar_buckets"]) == sorted(round(ASPECTS[n], 3) for n in names)
