@@ -1,12 +1,15 @@
-"""Shard write throughput against a plain copy of the same bytes (target: ratio >= 0.5).
+"""Shard write throughput against a plain copy of the same bytes (target: ratio >= 0.5), and how fast a reader
+finds every sample: index.parquet's offsets against scanning every tar header.
 
 Clips are cut once from a synthetic video (real H.264 mp4 bytes), repeated under distinct keys up to
 --mb megabytes, and then, alternately and --repeat times each:
-  shards  index.shards.write_shard: the tar members (mp4 + json), temp file, fsync, rename, split at
-          --shard-size like build-shards does
+  shards  index.shards.formats.webdataset.write_shard (webdataset.TarWriter): the tar members (mp4 + json),
+          temp file, fsync, rename, split at --shard-size like build-shards does
   copy    the same files read and appended to one output file with one fsync (the baseline)
-Both read the staged files from the page cache; the best run of each is reported.
-The end-to-end build (cut + shard) rate is printed for information.
+Both read the staged files from the page cache; the best run of each is reported. Then, best of --repeat:
+  scan    tarfile.getmembers() over every shard (what a reader without offsets does at start-up)
+  offsets pandas.read_parquet of the (shard, offset, size) table build-shards writes as index.parquet
+The cut rate is printed for information.
 
     python bench/shards.py            # 512 MB
     python bench/shards.py --mb 64    # quicker try
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +30,8 @@ import pandas as pd
 from index import synth
 from index.files import file_sha256
 from index.record import Clip
-from index.shards.build import parse_size, plan_shards, write_shard
+from index.shards.formats.webdataset import plan_shards, write_shard
+from index.shards.names import parse_size
 from index.video import cut_clips, probe
 
 
@@ -58,9 +63,29 @@ def run_shards(samples, out: Path, shard_size: int) -> float:
     sizes = {k: p.stat().st_size for k, _, p in samples}
     plan = plan_shards(df, sizes, shard_size)
     by_key = {k: (k, row, p) for k, row, p in samples}
+    rows = []
     t0 = time.perf_counter()
-    for shard, rows in plan.groupby("shard", sort=True):
-        write_shard(out / shard, [by_key[k] for k in rows["key"]])
+    for shard, group in plan.groupby("shard", sort=True):
+        spots = write_shard(out / shard, [by_key[k] for k in group["key"]])
+        rows += [(k, shard, o, n) for k, (o, n) in zip(group["key"], spots)]
+    seconds = time.perf_counter() - t0
+    pd.DataFrame(rows, columns=["key", "shard", "offset", "size"]).to_parquet(out / "index.parquet")
+    return seconds
+
+
+def run_scan(out: Path) -> float:
+    t0 = time.perf_counter()
+    found = 0
+    for tar in sorted(out.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            found += sum(m.name.endswith(".mp4") for m in tf.getmembers())
+    assert found
+    return time.perf_counter() - t0
+
+
+def run_offsets(out: Path) -> float:
+    t0 = time.perf_counter()
+    assert len(pd.read_parquet(out / "index.parquet", columns=["shard", "offset", "size"]))
     return time.perf_counter() - t0
 
 
@@ -97,12 +122,16 @@ def main(argv=None):
                 else:
                     best_c = min(best_c, run_copy(samples, out))
         shard_bytes = sum(p.stat().st_size for p in (tmp / "s").glob("*.tar"))
+        best_scan = min(run_scan(tmp / "s") for _ in range(args.repeat))
+        best_offsets = min(run_offsets(tmp / "s") for _ in range(args.repeat))
     mbps_s, mbps_c = total / best_s / 1e6, total / best_c / 1e6
     print(f"{len(samples)} clips, {total / 1e6:.0f} MB of mp4 ({shard_bytes / 1e6:.0f} MB of shards, "
           f"shard size {args.shard_size}), best of {args.repeat}")
     print(f"shards: {best_s:.2f} s  {mbps_s:.0f} MB/s")
     print(f"plain copy: {best_c:.2f} s  {mbps_c:.0f} MB/s")
     print(f"ratio shards / copy: {mbps_s / mbps_c:.2f}  (target >= 0.5: {'met' if mbps_s / mbps_c >= 0.5 else 'NOT met'})")
+    print(f"finding every sample: tar header scan {best_scan * 1e3:.1f} ms, index.parquet offsets "
+          f"{best_offsets * 1e3:.1f} ms (scan / offsets: {best_scan / best_offsets:.1f}x)")
     print(f"for information: cutting 640x360 clips with one decode: {cut_rate:.1f} clips/s (48 frames each)")
     return 0
 

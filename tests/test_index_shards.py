@@ -1,73 +1,62 @@
-"""build-shards: WebDataset read-back, frame accuracy, determinism, resume, bad rows, Open-Sora CSV, data card."""
+"""build-shards (webdataset): read-back, frame accuracy, determinism, resume, bad rows, names, the CLI and card."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
-import yaml
 
-from index.shards.cli import shards_main
 from index.manifest import read_failed, read_manifest
-from index.shards.build import bucket_of, build_shards, parse_size, safe_key
+from index.shards.build import build_shards
+from index.shards.cli import shards_main
+from index.shards.names import aspect_name, bucket_of, parse_size, resolution_name, safe_key
 from index.video import read_frames
-from test_index_data import make_dataset, manifest_rows
+from test_shards_data import assert_same_tars, make_shards_dataset, manifest_rows, tar_digest
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("shards-src"), shots=4, frames=20)
+    return make_shards_dataset(tmp_path_factory.mktemp("shards-src"), shots=4, frames=20)
 
 
-def _digests(folder) -> dict:
-    """Shard -> its members in order: the json bytes, and for each mp4 its decoded frame count.
-
-    (mp4 bytes are left out: libx264 output can differ by a few bytes between runs while the decoder
-    runs threaded in the same process; see the index/shards.py docstring.)"""
-    out = {}
-    for p in sorted(Path(folder).glob("*.tar")):
-        with tarfile.open(p) as tar:
-            out[p.name] = [(m.name, m.mtime, m.uid, tar.extractfile(m).read() if m.name.endswith(".json")
-                            else len(read_frames(tar.extractfile(m).read(), range(10)))) for m in tar.getmembers()]
-    return out
+def _tar_bytes(folder) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).glob("*.tar"))}
 
 
 def test_shards_read_back_with_webdataset_and_clips_are_frame_accurate(data, tmp_path):
     df = read_manifest(data["manifest"])
     rep = build_shards(df, tmp_path / "s", dedup=False, shard_size=parse_size("30KB"))
-    assert rep.samples == df["clip_id"].nunique() == 8  # the bit-identical copy repeats clip ids: dropped once
-    assert rep.dropped == {"repeated clip_id (identical content)": 4}
+    assert rep.samples == len(df) == data["rows"] and not rep.failures
     urls = sorted(glob.glob(str(tmp_path / "s" / "*.tar")))
-    assert len(urls) == len(rep.shards) > 1
+    assert len(urls) == len(rep.shards) > 2
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
     index = pd.read_parquet(tmp_path / "s" / "index.parquet")
-    assert sorted(s["__key__"] for s in samples) == sorted(index["clip_id"])
-    by_id = df.drop_duplicates("clip_id").set_index("clip_id")
+    assert sorted(s["__key__"] for s in samples) == sorted(index["clip_id"]) == sorted(df["clip_id"])
+    by_id = df.set_index("clip_id")
     src = read_frames(data["folder"] / "original.mp4", range(len(data["frames"])))  # the decoded source
     for s in samples:
-        meta = s["json"]
-        row = by_id.loc[s["__key__"]]
+        meta, row = s["json"], by_id.loc[s["__key__"]]
         assert meta["clip_id"] == s["__key__"] and meta["caption"] == row["caption"]
-        assert meta["num_frames"] == row["num_frames"] and meta["bucket"] == bucket_of(96, 64, row["num_frames"])
+        assert meta["num_frames"] == row["num_frames"]
+        assert meta["bucket"] == bucket_of(row["width"], row["height"], row["num_frames"])
         frames = read_frames(s["mp4"], range(int(row["num_frames"])))
         assert len(frames) == row["num_frames"]
-        if "original" in row["video_path"]:  # same size as the source: frame k is source frame start + k
+        if row["video_path"].endswith("original.mp4"):  # frame k is source frame start + k, not a neighbour
             a, n = int(row["start_frame"]), int(row["num_frames"])
             err = {d: np.mean([np.abs(frames[k].astype(int) - src[a + k + d].astype(int)).mean()
                                for k in range(2, n - 2) if 0 <= a + k + d < len(src)]) for d in (-2, -1, 0, 1, 2)}
-            assert err[0] < 0.6 * min(err[d] for d in err if d)  # clearly the right frame, not a neighbour
-    # every sample's shard is where the index says
-    for shard, rows in index.groupby("shard"):
-        with_keys = {s["__key__"] for s in wds.WebDataset(str(tmp_path / "s" / shard), shardshuffle=False)}
-        assert with_keys == set(rows["clip_id"])
+            assert err[0] < 0.6 * min(err[d] for d in err if d)
+    for shard, rows in index.groupby("shard"):  # every sample's shard is where the index says
+        keys = {s["__key__"] for s in wds.WebDataset(str(tmp_path / "s" / shard), shardshuffle=False)}
+        assert keys == set(rows["clip_id"])
 
 
 def test_same_inputs_give_identical_shards_and_a_rerun_resumes(data, tmp_path):
@@ -75,28 +64,30 @@ def test_same_inputs_give_identical_shards_and_a_rerun_resumes(data, tmp_path):
     size = parse_size("30KB")
     build_shards(df, tmp_path / "a", dedup=False, shard_size=size)
     build_shards(df, tmp_path / "b", dedup=False, shard_size=size)
-    first = _digests(tmp_path / "a")
-    assert first == _digests(tmp_path / "b") and len(first) > 1
-    # a kill while writing: one shard missing, a temp file left, the staging gone half-way
-    victim = sorted(first)[0]
+    first = _tar_bytes(tmp_path / "a")
+    assert len(first) > 2
+    assert_same_tars(tar_digest(tmp_path / "a"), tar_digest(tmp_path / "b"))
+    # a kill while writing: one shard missing, our temp file left
+    victim, untouched = sorted(first)[0], sorted(first)[-1]
     (tmp_path / "a" / victim).unlink()
-    (tmp_path / "a" / f".{victim}.tmp").write_bytes(b"partial")
-    untouched = sorted(first)[-1]
+    temp = tmp_path / "a" / f".{victim}.shotcap-123-0123abcd.tmp"
+    temp.write_bytes(b"partial")
     before = os.stat(tmp_path / "a" / untouched).st_mtime_ns
     rep = build_shards(df, tmp_path / "a", dedup=False, shard_size=size)
-    assert _digests(tmp_path / "a") == first
+    assert _tar_bytes(tmp_path / "a") == first and not temp.exists()
     assert os.stat(tmp_path / "a" / untouched).st_mtime_ns == before  # finished shards are not rewritten
-    assert rep.samples == 8 and not (tmp_path / "a" / ".staging").exists()
-    # a larger shard size re-plans from the existing shards without the sources
+    assert rep.samples == len(df) and not (tmp_path / "a" / ".staging").exists()
+    # a larger shard size re-plans from the existing shards, without the sources
     moved = tmp_path / "moved"
     shutil.copytree(data["folder"], moved)
     shutil.rmtree(data["folder"])
     try:
         rep2 = build_shards(df, tmp_path / "a", dedup=False, shard_size=parse_size("1GB"))
-        assert rep2.samples == 8 and not rep2.failures
-        assert len(list((tmp_path / "a").glob("*.tar"))) == 2  # one shard per bucket (20 and 14 frames)
+        assert rep2.samples == len(df) and not rep2.failures
+        assert sorted(p.name for p in (tmp_path / "a").glob("*.tar")) == sorted(set(rep2.index["shard"]))
+        assert len(rep2.shards) == len(set(rep2.index["bucket"])) == 3  # one shard per bucket now
         samples = list(wds.WebDataset(sorted(glob.glob(str(tmp_path / "a" / "*.tar"))), shardshuffle=False))
-        assert sorted(s["__key__"] for s in samples) == sorted(df["clip_id"].unique())
+        assert sorted(s["__key__"] for s in samples) == sorted(df["clip_id"])
     finally:
         shutil.copytree(moved, data["folder"])
 
@@ -107,9 +98,7 @@ def test_a_rerun_with_new_captions_rewrites_the_shards_metadata(data, tmp_path):
     df["caption"] = [f"recaptioned {k}" for k in range(len(df))]
     build_shards(df, tmp_path / "s", dedup=False)
     samples = list(wds.WebDataset(sorted(glob.glob(str(tmp_path / "s" / "*.tar"))), shardshuffle=False))
-    in_tars = {s["__key__"]: json.loads(s["json"])["caption"] for s in samples}
-    first = df.drop_duplicates("clip_id")  # one sample per clip id: the first row's
-    assert in_tars == dict(zip(first["clip_id"], first["caption"]))
+    assert {s["__key__"]: json.loads(s["json"])["caption"] for s in samples} == dict(zip(df["clip_id"], df["caption"]))
 
 
 def test_nothing_left_to_shard_is_a_clean_outcome(data, tmp_path):
@@ -122,21 +111,27 @@ def test_nothing_left_to_shard_is_a_clean_outcome(data, tmp_path):
 def test_bad_rows_are_recorded_and_the_rest_goes_on(data, tmp_path):
     src = tmp_path / "changed.mp4"
     shutil.copy(data["folder"] / "original.mp4", src)
-    rows = manifest_rows(src, [(0, 5)], ["changed later"])  # (copies: distinct ranges keep clip ids distinct)
+    rows = manifest_rows(src, [(0, 5)], ["changed later"])
     with open(src, "ab") as f:
         f.write(b"\0" * 16)  # the file changes after splitting
     gone = tmp_path / "gone.mp4"
     shutil.copy(data["folder"] / "original.mp4", gone)
+    with open(gone, "ab") as f:
+        f.write(b"gone")
     rows += manifest_rows(gone, [(5, 10)], ["a deleted video"])
     gone.unlink()
     rows += manifest_rows(data["folder"] / "original.mp4", [(10, 20), (20, 30)], ["", "fine"])
     rows += manifest_rows(data["folder"] / "original.mp4", [(70, 500)], ["past the end"])
-    df = pd.DataFrame(rows)
-    rep = build_shards(df, tmp_path / "out", dedup=False, shard_size=10**6)
-    assert rep.samples == 1
-    reasons = sorted(f["reason"].split(": ", 1)[1] for f in read_failed(tmp_path / "out"))
-    assert reasons[0].startswith("clip range") and reasons[1:] == [
-        "no caption", "video changed since splitting (sha256 mismatch)", "video missing"]
+    bad_range = manifest_rows(data["folder"] / "original.mp4", [(30, 40)], ["negative start"])[0]
+    rows.append({**bad_range, "start_frame": -5, "num_frames": 45})
+    rep = build_shards(pd.DataFrame(rows), tmp_path / "out", dedup=False, shard_size=10**6)
+    assert rep.samples == 1 and rep.dropped == {"failed": 5}
+    reasons = sorted(f["reason"] for f in read_failed(tmp_path / "out"))
+    assert any("start_frame is -5" in r for r in reasons)
+    assert any(r.endswith("no caption") for r in reasons)
+    assert any("lies beyond the 80 decodable frames" in r for r in reasons)
+    assert any(r.endswith("video changed since it was split (sha256 mismatch)") for r in reasons)
+    assert any(r.endswith("video missing") for r in reasons)
 
 
 def test_member_names_are_safe_whatever_the_names():
@@ -147,16 +142,25 @@ def test_member_names_are_safe_whatever_the_names():
     assert safe_key("clip.with.dots") != safe_key("clip_with_dots")
 
 
-def test_buckets_and_sizes():
+def test_names_use_one_aspect_convention_and_never_overstate_resolution():
     assert bucket_of(1920, 1080, 100) == "1080p_16x9_f065-128"
     assert bucket_of(1080, 1920, 16) == "1080p_9x16_f001-016"
     assert bucket_of(640, 480, 1000) == "480p_4x3_f513+"
+    assert bucket_of(2560, 1080, 50) == "1080p_21x9_f033-064"
+    # 528-, 544- and 576-line clips are not "720p": the largest standard their short side reaches
+    assert [resolution_name(w, h) for w, h in ((704, 528), (960, 544), (1024, 576), (1280, 720), (96, 64))] == [
+        "480p", "480p", "576p", "720p", "under144p"]
+    # w:h names, the same in buckets (with x) and on the card; aspect_ratio stays height / width
+    assert [aspect_name(w, h) for w, h in ((1920, 1080), (1080, 1920), (704, 528), (1920, 816), (660, 484))] == [
+        "16:9", "9:16", "4:3", "21:9", "4:3"]  # 660x484 is 15:11 reduced: named by the nearest standard
     assert parse_size("1GB") == 10**9 and parse_size("64KiB") == 64000 and parse_size("500mb") == 5 * 10**8
     with pytest.raises(ValueError):
         parse_size("lots")
 
 
-def test_cli_with_index_opensora_csv_and_data_card(data, tmp_path):
+def test_cli_with_an_index_and_the_data_card(data, tmp_path, capsys):
+    from huggingface_hub import DatasetCard
+
     from index.dedup.cli import index_main
 
     assert index_main([str(data["manifest"]), "-o", str(tmp_path / "idx")]) == 0
@@ -164,24 +168,17 @@ def test_cli_with_index_opensora_csv_and_data_card(data, tmp_path):
     assert shards_main([str(data["manifest"]), "-o", str(out), "--index", str(tmp_path / "idx"),
                         "--shard-size", "1MB", "--name", "tiny test set"]) == 0
     index = pd.read_parquet(out / "index.parquet")
-    assert len(index) == data["shots"]  # copies and resized trims dropped as duplicates
-    card = (out / "DATA_CARD.md").read_text()
-    front = yaml.safe_load(card.split("---")[1])
-    assert front["pretty_name"] == "tiny test set" and "text-to-video" in front["task_categories"]
-    assert f"| clips | {data['shots']} |" in card and "near or exact duplicate" in card
-    assert "all-MiniLM-L6-v2" in card and "$" not in card.split("```")[0]
+    assert len(index) == data["shots"] + 2  # one clip per duplicate group (original, copy, resize) + 2 others
+    err = capsys.readouterr().err
+    assert f"dropped: {data['shots']} exact copy, {data['shots']} near duplicate" in err
+    card = DatasetCard.load(out / "DATA_CARD.md")
+    assert card.data.pretty_name == "tiny test set" and card.data.task_categories == ["text-to-video"]
+    assert card.data.configs[0]["data_files"][0]["path"] == ["*.tar"] and card.data.size_categories == ["n<1K"]
+    assert f"| clips | {len(index)} |" in card.text and "| shards | 2 |" in card.text
+    assert "| exact copy | identical frames (frame hash) | 4 |" in card.text
+    assert "all-MiniLM-L6-v2" in card.text and "$" not in card.text.split("```")[0]
     for png in ("duration", "resolution", "caption_length", "words", "similarity"):
         assert (out / "card" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
-    csv_out = tmp_path / "csv"
-    assert shards_main([str(data["manifest"]), "-o", str(csv_out), "--no-dedup", "--format", "opensora-csv"]) == 0
-    csv = pd.read_csv(csv_out / "opensora.csv")
-    assert list(csv.columns) == ["path", "text", "num_frames", "height", "width", "aspect_ratio", "fps",
-                                 "resolution"]
-    assert len(csv) == 8 and all(Path(p).exists() for p in csv["path"])
-    assert (csv["resolution"] == csv["height"] * csv["width"]).all()
-    assert len(read_frames(csv["path"][0], range(int(csv["num_frames"][0])))) == csv["num_frames"][0]
-    on_disk = sum(f.stat().st_size for f in [csv_out / "opensora.csv", *(csv_out / "clips").glob("*")])
-    assert f"| size on disk | {on_disk / 1e6:.1f} MB |" in (csv_out / "DATA_CARD.md").read_text()
 
 
 def test_malformed_manifest_is_a_usage_error(tmp_path, capsys):
@@ -192,17 +189,17 @@ def test_malformed_manifest_is_a_usage_error(tmp_path, capsys):
     pd.DataFrame({"clip_id": ["x"]}).to_parquet(missing_cols)
     assert shards_main([str(missing_cols), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "cannot read manifest" in err and "missing columns" in err
+    assert "cannot read manifest" in err and "missing columns" in err and not (tmp_path / "o").exists()
 
 
-def test_tar_headers_are_the_standard_ustar_bytes():
-    from index.shards.build import _ustar_header
+def test_help_shows_defaults_and_every_option_has_help(capsys):
+    with pytest.raises(SystemExit):
+        shards_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: webdataset)" in text and "(default: 1GB)" in text
+    from index.shards.cli import parser
 
-    info = tarfile.TarInfo("0123abcd.json")
-    info.size, info.mtime, info.mode, info.uname, info.gname = 1234, 0, 0o644, "", ""
-    assert _ustar_header("0123abcd.json", 1234) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
-    with pytest.raises(ValueError):
-        _ustar_header("x" * 101, 1)
+    assert all(a.help for a in parser()._actions)
 
 
 def test_real_footage_clips_start_on_their_first_frame(realdata, tmp_path):

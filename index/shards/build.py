@@ -1,343 +1,233 @@
-"""`build-shards`: WebDataset tar shards of frame-accurate clip mp4s + their manifest rows.
+"""`build-shards`: choose the clips, cut them, and write them in a training format, resumably.
 
-Layout of SHARDS_DIR (the trainer reads it):
-  <bucket>-<n>.tar     samples keyed by clip_id: `<key>.mp4` (the clip, frame 0 = start_frame) and
-                       `<key>.json` (the manifest row + bucket); one bucket per shard
-  index.parquet        clip_id, key, shard, bucket + the manifest columns, one row per sample
-  failed.jsonl         rows that could not be used (missing or changed video, no caption, bad range)
-  DATA_CARD.md         see index/card.py
+SHARDS_DIR after a build:
+  the format's files     see index/shards/formats/ (tars, or videos/ with list files and TOMLs, or clips/ + CSV)
+  index.parquet          one row per clip: clip_id, key, file (+ shard, offset, size for tars), bucket, the clip_*
+                         values of the written clip, and the manifest columns (scores included)
+  failed.jsonl           rows that could not be used (out of range, no caption, missing or changed source, ...)
+  DATA_CARD.md, card/    see card.py
+  index/                 the dedup index build-shards made when none was given (see cli.py)
+  .shotcap/              the lock, source hashes, and shards.json: the format, clip options and every file an
+                         earlier run wrote (what a re-run may replace or delete: nothing else is touched)
 
-Two steps, both resumable: clips are cut per source video (one decode each) into `.staging/` (each file
-complete or absent), then shards are written in a fixed order (bucket, clip_id) from the staged files, each
-to a temp name and renamed, so a shard is complete or absent. Tar headers carry no times or owners, so the
-same inputs give the same shards, members, order and json bytes. (The mp4 bytes themselves can differ by a
-few bytes between runs while `index.video.cut_clips` decodes threaded and libx264 encodes threaded in one
-process; the decoded frames and frame counts do not change.) `opensora-csv` keeps the clip files and writes
-Open-Sora's CSV instead.
+Steps, each resumable: choose the clips (select.py), cut those neither staged nor already in the output on the
+engine (stage.py: one decode per source, SHARDS_DIR/.staging/KEY.mp4, each complete or absent), then the writer
+places them. Before the writer writes a file it is added to shards.json, so a run killed at any point leaves
+only files the next run recognises as its own; files of an earlier plan that the new output does not list are
+removed. Encoding is single-threaded (see index.video), so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import re
-import shutil
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ..dedup.groups import load_dedup
-from ..files import atomic_write_bytes, atomic_write_text, file_sha256, remove_own_temps, temp_name
-from ..manifest import failure, write_failed
-from ..video import VideoError, clip_rate, cut_clips
+from ..files import STATE_DIR, HashCache, atomic_write_bytes, atomic_write_text, remove_own_temps
+from ..manifest import write_failed
+from .formats import WRITERS, Context
+from .names import bucket_of, parse_size, safe_key  # noqa: F401  (parse_size: part of this module's API)
+from .select import STAGE, Selection, Step, hours, select_clips
+from .stage import ClipOptions, plan_clip, stage_clips
 
-STAGE = "shards"
-RES_BUCKETS = ((144, "144p"), (240, "240p"), (360, "360p"), (480, "480p"), (720, "720p"), (1080, "1080p"),
-               (1440, "1440p"), (2160, "2160p"))
-FRAME_BUCKETS = (16, 32, 64, 128, 256, 512)
-ASPECTS = {"9x16": 16 / 9, "3x4": 4 / 3, "1x1": 1.0, "4x3": 3 / 4, "16x9": 9 / 16, "21x9": 9 / 21}  # h / w
-
-
-def parse_size(text) -> int:
-    """'1GB', '500MB', '64KiB', '1000000' -> bytes."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?i?b?)\s*", str(text).lower())
-    if not m:
-        raise ValueError(f"bad size {text!r} (e.g. 1GB, 500MB)")
-    unit = m.group(2).rstrip("b").rstrip("i")
-    return int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[unit])
+STATE_FILE = "shards.json"
+COMMON_FILES = ("index.parquet", "failed.jsonl", "DATA_CARD.md")
 
 
-def bucket_of(width: int, height: int, num_frames: int) -> str:
-    """'360p_16x9_f065-128': resolution by the short side, nearest standard aspect, frame-count range."""
-    short = min(int(width), int(height))
-    res = next((name for px, name in RES_BUCKETS if short <= px), "4k+")
-    ratio = height / width if width else 1.0
-    aspect = min(ASPECTS, key=lambda k: abs(math.log(ASPECTS[k]) - math.log(max(ratio, 1e-6))))
-    lo = 1
-    for hi in FRAME_BUCKETS:
-        if num_frames <= hi:
-            return f"{res}_{aspect}_f{lo:03d}-{hi:03d}"
-        lo = hi + 1
-    return f"{res}_{aspect}_f{lo:03d}+"
-
-
-def safe_key(clip_id) -> str:
-    """A WebDataset key: ASCII letters, digits, '_' and '-' only (no dots: they split members)."""
-    text = str(clip_id)
-    if re.fullmatch(r"[A-Za-z0-9_-]{1,80}", text):
-        return text
-    import hashlib
-    clean = re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:60].strip("_") or "clip"
-    return f"{clean}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-
-
-def _json_value(v):
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, np.ndarray):
-        return [_json_value(x) for x in v.tolist()]
-    if isinstance(v, (list, tuple)):
-        return [_json_value(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if v is pd.NA or v is pd.NaT:
-        return None
-    return v
-
-
-def row_json(row: dict) -> bytes:
-    return json.dumps({k: _json_value(v) for k, v in row.items()}, ensure_ascii=False, sort_keys=True).encode()
-
-
-def _ustar_header(name: str, size: int) -> bytes:
-    """A POSIX ustar header with fixed mode/owner/time, so equal inputs give equal bytes (and it is fast)."""
-    h = bytearray(tarfile.BLOCKSIZE)
-    raw = name.encode("ascii")
-    if len(raw) > 100:
-        raise ValueError(f"tar member name too long: {name}")
-    h[0:len(raw)] = raw
-    h[100:108] = b"0000644\0"  # mode
-    h[108:116] = h[116:124] = b"0000000\0"  # uid, gid
-    h[124:136] = b"%011o\0" % size
-    h[136:148] = b"00000000000\0"  # mtime
-    h[148:156] = b" " * 8  # checksum placeholder
-    h[156:157] = tarfile.REGTYPE
-    h[257:265] = b"ustar\x0000"
-    h[148:156] = b"%06o\0 " % sum(h)
-    return bytes(h)
-
-
-def _tar_member(f, name: str, data: bytes) -> None:
-    f.write(_ustar_header(name, len(data)))
-    f.write(data)
-    f.write(b"\0" * (-len(data) % tarfile.BLOCKSIZE))
-
-
-def write_shard(path, samples: list[tuple[str, dict, Path]]) -> int:
-    """Write one tar (temp name, fsync, rename): (key, manifest row, staged mp4) per sample. Returns bytes."""
-    path = Path(path)
-    tmp = temp_name(path)
-    with open(tmp, "wb", buffering=1 << 20) as f:
-        for key, row, mp4 in samples:
-            _tar_member(f, f"{key}.mp4", Path(mp4).read_bytes())
-            _tar_member(f, f"{key}.json", row_json(row))
-        f.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end of archive, padded to a whole record like tarfile
-        f.write(b"\0" * (-f.tell() % tarfile.RECORDSIZE))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path.stat().st_size
+class ShardsError(ValueError):
+    """A build that cannot start as asked (an output folder holding another export): one line, exit 2."""
 
 
 @dataclass
 class ShardReport:
     out_dir: Path
+    format: str = "webdataset"
     samples: int = 0
-    shards: list = field(default_factory=list)
+    files: list = field(default_factory=list)  # the output's files (relative)
+    shards: list = field(default_factory=list)  # webdataset: the tar names
     failures: list = field(default_factory=list)
-    dropped: dict = field(default_factory=dict)  # reason -> count
+    selection: Selection | None = None
+    unfit: list = field(default_factory=list)  # (clip_id, reason): clips the clip options cannot make
     index: pd.DataFrame | None = None
+    clip_options: ClipOptions = field(default_factory=ClipOptions)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        return self.selection.dropped() if self.selection is not None else {}
+
+    @property
+    def hours(self) -> float:
+        return hours(self.index) if self.index is not None else 0.0
 
 
-def _select(df: pd.DataFrame, dedup: bool, index_dir, report: ShardReport) -> pd.DataFrame:
-    """Drop rows without caption (failures), duplicates (dedup) and repeated clip ids, in that order."""
-    caption = df["caption"] if "caption" in df else pd.Series([None] * len(df), index=df.index)
-    no_caption = caption.isna() | (caption.astype(str).str.strip() == "")
-    for _, r in df[no_caption].iterrows():
-        report.failures.append(failure(r["video_path"], STAGE, f"clip {r['clip_id']}: no caption"))
-    df = df[~no_caption]
-    if dedup and index_dir is not None:
-        table = load_dedup(index_dir)  # a clip indexed twice (two manifests) counts as kept if kept once
-        table = table.sort_values("keep", ascending=False, kind="stable").drop_duplicates(["clip_id", "video_path"])
-        df = df.drop(columns=[c for c in ("dup_group", "keep") if c in df]).merge(
-            table[["clip_id", "video_path", "dup_group", "keep"]], on=["clip_id", "video_path"], how="left")
-        unknown = df["keep"].isna()
-        if unknown.any():
-            report.dropped["not in the index (run index-clips on this manifest)"] = int(unknown.sum())
-        df = df[~unknown]
-    if dedup and "keep" in df:
-        dup = ~df["keep"].astype(bool)
-        if dup.any():
-            report.dropped["near or exact duplicate"] = int(dup.sum())
-        df = df[~dup]
-    repeated = df["clip_id"].duplicated(keep="first")  # one sample per key, even with --no-dedup
-    if repeated.any():
-        report.dropped["repeated clip_id (identical content)"] = int(repeated.sum())
-    return df[~repeated]
+# ---------------------------------------------------------------- what an earlier run wrote
 
-
-def _stage(df: pd.DataFrame, staging: Path, report: ShardReport, progress=None, engine=None) -> None:
-    """Cut the clips of `df` into staging/<key>.mp4, one decode per source; failures are recorded.
-    With `engine.engine == "ray"` Ray actors cut the sources (staging must then be on a shared file system)."""
-    groups = df.groupby(["video_path", "video_sha256"], sort=True, dropna=False)  # a row without a hash is not lost
-    units = [(path, sha, rows) for (path, sha), rows in groups]
-
-    def record(unit, reason) -> None:
-        path, _, rows = unit
-        if isinstance(reason, tuple):  # an OSError writing our output in an actor: stops the run, as locally
-            raise OSError(*reason)
-        for d, (_, r) in zip([staging / f"{safe_key(c)}.mp4" for c in rows["clip_id"]], rows.iterrows()):
-            if not d.exists():
-                report.failures.append(failure(path, STAGE, f"clip {r['clip_id']}: {reason or 'not cut'}"))
-        if progress is not None:
-            progress(len(rows))
-
-    if engine is not None and engine.engine == "ray":
-        from functools import partial
-
-        from ..engine import run_units
-        run_units(units, partial(partial, _stage_remote, staging), record, on_error=record, options=engine,
-                  uses_gpu=False)
-        return
-    for unit in units:
-        record(unit, stage_source(staging, unit))
-
-
-def stage_source(staging: Path, unit: tuple) -> str | None:
-    """Cut one source's clips into staging: None, or the one-line reason they could not be cut."""
-    path, sha, rows = unit
-    dsts = [staging / f"{safe_key(c)}.mp4" for c in rows["clip_id"]]
-    if not Path(path).exists():
-        return "video missing"
-    if file_sha256(path) != sha:
-        return "video changed since splitting (sha256 mismatch)"
+def read_state(out_dir) -> dict:
+    """shards.json of an earlier run ({} when none). Folders written before shards.json existed: their
+    index.parquet names the shards."""
+    path = Path(out_dir) / STATE_DIR / STATE_FILE
     try:
-        cut_clips(path, list(zip(rows["start_frame"], rows["end_frame"])), dsts,
-                  fps=[clip_rate(int(r.end_frame) - int(r.start_frame), float(r.start_sec), float(r.end_sec),
-                                 float(r.fps)) for r in rows.itertuples()])
-    except VideoError as e:  # the input's fault; an OSError writing our output stops the run
-        return str(e)
-    except ValueError as e:
-        return f"cannot cut clips ({e})"
-    return None
-
-
-def _stage_remote(staging: Path, unit: tuple):
-    """`stage_source` in a Ray actor (`partial(partial, _stage_remote, staging)` is the worker factory)."""
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(state, dict) and isinstance(state.get("files"), list):
+            return state
+    except (OSError, ValueError):
+        pass
+    index = Path(out_dir) / "index.parquet"
     try:
-        return stage_source(staging, unit)
-    except OSError as e:
-        return (e.errno, f"{e.strerror or e} ({e.filename or staging})")
+        shards = pd.read_parquet(index, columns=["shard"])["shard"].dropna().astype(str)
+        return {"format": "webdataset", "clip_options": ClipOptions().describe(), "files": sorted(set(shards))}
+    except Exception:  # no index, or one without shards: nothing of ours to recognise
+        return {}
 
 
-def _list_shards(out_dir: Path) -> dict[str, list[tarfile.TarInfo]]:
-    out = {}
-    for tar_path in sorted(out_dir.glob("*.tar")):
-        try:
-            with tarfile.open(tar_path) as tar:
-                out[tar_path.name] = tar.getmembers()
-        except (tarfile.TarError, OSError):
-            tar_path.unlink()  # cannot happen for our atomic writes; a foreign file is not a shard
-    return out
+def write_state(out_dir: Path, fmt: str, opts: ClipOptions, files) -> None:
+    state = {"format": fmt, "clip_options": opts.describe(), "files": sorted(set(files))}
+    atomic_write_text(Path(out_dir) / STATE_DIR / STATE_FILE, json.dumps(state, indent=1))
 
 
-def _json_members(tar_path: Path, members: list[tarfile.TarInfo]) -> list[bytes]:
-    with tarfile.open(tar_path) as tar:
-        return [tar.extractfile(m).read() for m in members if m.name.endswith(".json")]
+def check_output(out_dir, fmt: str, opts: ClipOptions) -> dict:
+    """The earlier run's state; ShardsError when the folder holds an export of another format or clip options
+    (mixing them would leave clips made two ways). Cheap: called before any work."""
+    if fmt not in WRITERS:
+        raise ShardsError(f"unknown format {fmt!r} ({', '.join(WRITERS)})")
+    state = read_state(out_dir)
+    if not state or not any((Path(out_dir) / f).exists() for f in state["files"]):
+        return state
+    old = (state.get("format"), state.get("clip_options"))
+    if old != (fmt, opts.describe()):
+        what = f"a {old[0]} export" if old[0] != fmt else f"clips made with other clip options ({old[1]})"
+        raise ShardsError(f"{out_dir} holds {what}; use another output folder, or delete it first")
+    return state
 
 
-def plan_shards(df: pd.DataFrame, sizes: dict, shard_size: int) -> pd.DataFrame:
-    """Fixed order (bucket, key); a shard closes before it would pass shard_size (>= 1 sample)."""
-    df = df.sort_values(["bucket", "key"], kind="stable").reset_index(drop=True)
-    names, current, used, count = [], None, 0, 0
-    for bucket, key in zip(df["bucket"], df["key"]):
-        size = sizes[key] + 2048  # two tar headers, padding and the json
-        if current is None or current[0] != bucket or (used + size > shard_size and used > 0):
-            count = count + 1 if current is not None and current[0] == bucket else 0
-            current, used = (bucket, count), 0
-        used += size
-        names.append(f"{bucket}-{current[1]:05d}.tar")
-    df["shard"] = names
-    return df
-
+# ---------------------------------------------------------------- the build
 
 def build_shards(df: pd.DataFrame, out_dir, index_dir=None, dedup: bool = True, shard_size: int = 10**9,
-                 fmt: str = "webdataset", progress=None, engine=None) -> ShardReport:
-    """The whole step on a manifest DataFrame; see the module docstring."""
-    if fmt not in ("webdataset", "opensora-csv"):
-        raise ValueError(f"unknown format {fmt!r} (webdataset, opensora-csv)")
+                 fmt: str = "webdataset", engine=None, where=None, keep_tops=(), allow_flags=(),
+                 clip_options: ClipOptions | None = None, failures=(), source: str = "manifest",
+                 hashes_also=(), require_indexed: bool | None = None, rehash: bool = False) -> ShardReport:
+    """The whole build on a manifest DataFrame (the caller holds `index.files.OutputLock` on `out_dir`).
+
+    Dedup uses `index_dir` (an index-clips folder) or, without one, the frame's own `dup_group`/`keep` columns;
+    `where` is a parsed `where.Node`, `keep_tops` [(column, fraction)]; `failures`: rows the manifest reader
+    refused already (recorded again in failed.jsonl); `engine`: `index.engine.EngineOptions` for the cutting."""
     out_dir = Path(out_dir)
+    opts = clip_options or ClipOptions()
+    state = check_output(out_dir, fmt, opts)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_own_temps(out_dir, out_dir / ".staging", out_dir / "clips")
+    writer = WRITERS[fmt]()
+    staging = out_dir / ".staging"
+    folders = [out_dir, staging] + ([out_dir / writer.media] if writer.media else [])
+    remove_own_temps(*folders)
     try:
-        return _build(df, out_dir, index_dir, dedup, shard_size, fmt, progress, engine)
+        return _build(df, out_dir, writer, state, index_dir, dedup, shard_size, engine, where, keep_tops,
+                      allow_flags, opts, failures, source, hashes_also, require_indexed, rehash)
     except BaseException:
-        remove_own_temps(out_dir, out_dir / ".staging", out_dir / "clips")  # an interrupted write leaves nothing
+        remove_own_temps(*folders)  # an interrupted write leaves nothing behind
         raise
 
 
-def _build(df, out_dir: Path, index_dir, dedup: bool, shard_size: int, fmt: str, progress,
-           engine=None) -> ShardReport:
-    report = ShardReport(out_dir)
-    df = _select(df.reset_index(drop=True), dedup, index_dir, report)
-    df = df.assign(key=[safe_key(c) for c in df["clip_id"]],
-                   bucket=[bucket_of(w, h, n) for w, h, n in zip(df["width"], df["height"], df["num_frames"])])
-    staging = out_dir / ("clips" if fmt == "opensora-csv" else ".staging")
-    staging.mkdir(exist_ok=True)
-    existing = _list_shards(out_dir) if fmt == "webdataset" else {}
-    in_tar = {m.name[:-4]: (name, m) for name, members in existing.items() for m in members
-              if m.name.endswith(".mp4")}
-    staged = lambda k: (staging / f"{k}.mp4").exists()  # noqa: E731
-    mask = lambda f: np.fromiter((f(k) for k in df["key"]), bool, len(df))  # noqa: E731  (also when empty)
-    _stage(df[mask(lambda k: not staged(k) and k not in in_tar)], staging, report, progress, engine)
-    df = df[mask(lambda k: staged(k) or k in in_tar)]
-    if fmt == "opensora-csv":
-        _write_opensora(df, staging, out_dir)
-    else:
-        sizes = {k: (staging / f"{k}.mp4").stat().st_size if staged(k) else in_tar[k][1].size for k in df["key"]}
-        df = plan_shards(df, sizes, shard_size)
-        groups = {shard: rows for shard, rows in df.groupby("shard", sort=True)}
-        columns = [c for c in df.columns if c not in ("key", "bucket", "shard")]
-        meta = {s: [{**{c: r[c] for c in columns}, "bucket": r["bucket"]} for _, r in rows.iterrows()]
-                for s, rows in groups.items()}
-        # a shard is complete or absent: keep it if it holds these clips with this metadata, else rewrite it
-        todo = [s for s, rows in groups.items()
-                if [m.name for m in existing.get(s, [])] != [f"{k}.{e}" for k in rows["key"] for e in ("mp4", "json")]
-                or _json_members(out_dir / s, existing[s]) != [row_json(m) for m in meta[s]]]
-        _unpack([k for s in todo for k in groups[s]["key"] if not staged(k)], in_tar, out_dir, staging)
-        for shard in todo:
-            keys = groups[shard]["key"]
-            write_shard(out_dir / shard, [(k, m, staging / f"{k}.mp4") for k, m in zip(keys, meta[shard])])
-        report.shards = sorted(groups)
-        for stale in set(existing) - set(groups):  # shards of an earlier plan (other inputs or size)
-            (out_dir / stale).unlink()
-        front = ["clip_id", "key", "shard", "bucket"]
-        index = df[front + [c for c in df.columns if c not in front]]
-        atomic_write_bytes(out_dir / "index.parquet", index.to_parquet(index=False))
-        shutil.rmtree(staging, ignore_errors=True)
-    report.index = df
-    report.samples = len(df)
-    write_failed(out_dir, report.failures)
+def _dedup_table(df: pd.DataFrame, index_dir) -> pd.DataFrame | None:
+    if index_dir is not None:
+        from ..dedup.groups import load_dedup
+
+        return load_dedup(index_dir)
+    if "dup_group" in df and "keep" in df:
+        return df[["clip_id", "dup_group", "keep"]]
+    return None
+
+
+def _build(df, out_dir: Path, writer, state: dict, index_dir, dedup, shard_size, engine, where, keep_tops,
+           allow_flags, opts: ClipOptions, failures, source, hashes_also, require_indexed, rehash) -> ShardReport:
+    report = ShardReport(out_dir, format=writer.name, clip_options=opts)
+    table = _dedup_table(df, index_dir) if dedup else None
+    sel = select_clips(df.reset_index(drop=True), source, allow_flags, where, keep_tops, table,
+                       bool(index_dir is not None if require_indexed is None else require_indexed), failures)
+    report.selection = sel
+    clips = sel.clips.assign(key=[safe_key(c) for c in sel.clips["clip_id"]])
+
+    plans, fit = {}, []
+    for row in clips.to_dict("records"):
+        plan = plan_clip(row, opts)
+        fit.append(not isinstance(plan, str))
+        if isinstance(plan, str):
+            report.unfit.append((row["clip_id"], plan))
+        else:
+            plans[row["key"]] = plan
+    clips = sel.add("unfit", "cannot meet the clip options", pd.Series(fit, dtype=bool).to_numpy(), clips)
+    clips = clips.assign(**_clip_values(clips["key"], plans))
+    clips["bucket"] = [bucket_of(w, h, n) for w, h, n in
+                       zip(clips["clip_width"], clips["clip_height"], clips["clip_num_frames"])]
+
+    staging = out_dir / ".staging"
+    ctx = Context(out_dir, staging, own=set(state.get("files", [])), shard_size=shard_size,
+                  clip_columns=opts.active())
+    held = writer.held(ctx)
+    ready = {k for k in clips["key"] if k in held or ctx.staged(k)}
+    todo = clips[~clips["key"].isin(ready)]
+    with HashCache(out_dir, also=hashes_also, rehash=rehash) as hashes:
+        staged, cut_failures = stage_clips(todo, plans, out_dir, staging, hashes, engine)
+    sel.failures += cut_failures
+    ok = clips["key"].isin(ready | staged).to_numpy()
+    clips = sel.add("failed", "sources that could not be cut (missing, changed, undecodable)", ok, clips)
+
+    index = _write(writer, clips, ctx, opts)
+    if staging.is_dir():  # staged clips of this manifest are copies now: the output holds them
+        keys = {safe_key(c) for c in df["clip_id"]}
+        for p in staging.glob("*.mp4"):
+            if p.stem in keys and p.is_file():
+                p.unlink()
+        if not any(staging.iterdir()):
+            staging.rmdir()
+    front = [c for c in ("clip_id", "key", "file", "shard", "offset", "size", "bucket") if c in index]
+    index = index[front + [c for c in index.columns if c not in front]].reset_index(drop=True)
+    atomic_write_bytes(out_dir / "index.parquet", index.to_parquet(index=False))
+    write_failed(out_dir, sel.failures)
+    report.index, report.samples, report.failures = index, len(index), sel.failures
+    report.files = writer.files(index)
+    report.shards = sorted(set(index["shard"])) if "shard" in index else []
     return report
 
 
-def _unpack(keys: list[str], in_tar: dict, out_dir: Path, staging: Path) -> None:
-    """Copy clips that live only in existing shards back to staging (their shard is being rewritten)."""
-    by_tar: dict[str, list[str]] = {}
-    for k in keys:
-        by_tar.setdefault(in_tar[k][0], []).append(k)
-    for name, ks in by_tar.items():
-        with tarfile.open(out_dir / name) as tar:
-            for k in ks:
-                atomic_write_bytes(staging / f"{k}.mp4", tar.extractfile(in_tar[k][1]).read())
+def _clip_values(keys, plans) -> dict:
+    ps = [plans[k] for k in keys]
+    return {"clip_num_frames": [p.num_frames for p in ps], "clip_fps": [round(p.fps, 6) for p in ps],
+            "clip_width": [p.width for p in ps], "clip_height": [p.height for p in ps]}
 
 
-def _write_opensora(df: pd.DataFrame, clips_dir: Path, out_dir: Path) -> None:
-    """Open-Sora's CSV: path,text,num_frames,height,width,aspect_ratio,fps,resolution (path: the clip file)."""
-    csv = pd.DataFrame({
-        "path": [str((clips_dir / f"{k}.mp4").resolve()) for k in df["key"]],
-        "text": df["caption"].astype(str).to_numpy(),
-        "num_frames": df["num_frames"].astype(int).to_numpy(),
-        "height": df["height"].astype(int).to_numpy(), "width": df["width"].astype(int).to_numpy(),
-        "aspect_ratio": df["aspect_ratio"].astype(float).to_numpy(), "fps": df["fps"].astype(float).to_numpy(),
-        "resolution": (df["height"] * df["width"]).astype(int).to_numpy(),
-    }).sort_values("path", kind="stable")
-    atomic_write_text(out_dir / "opensora.csv", csv.to_csv(index=False))
-    keep = set(df["key"])
-    for stale in clips_dir.glob("*.mp4"):
-        if stale.stem not in keep:
-            stale.unlink()
+def _write(writer, clips: pd.DataFrame, ctx: Context, opts: ClipOptions) -> pd.DataFrame:
+    """The writer's output, with shards.json naming every file before it is written, and the files of an
+    earlier run that the new output does not list removed afterwards."""
+    claimed = set(ctx.own)
+
+    def claim(files) -> None:
+        new = set(files) - claimed
+        foreign = sorted(f for f in new if (ctx.out_dir / f).exists() or (ctx.out_dir / f).is_symlink())
+        if foreign:
+            raise ShardsError(f"{ctx.out_dir / foreign[0]} exists and was not written by build-shards; "
+                              "move it away or use another output folder")
+        if new:
+            claimed.update(new)
+            write_state(ctx.out_dir, writer.name, opts, claimed)
+
+    ctx.claim = claim
+    index = writer.write(clips, ctx)
+    files = writer.files(index)
+    for stale in sorted(claimed - set(files)):
+        p = ctx.out_dir / stale
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+    write_state(ctx.out_dir, writer.name, opts, files)
+    return index
+
+
+def flag_summary(sel: Selection) -> str:
+    """'truncated 2, refusal 1 dropped; loop 1 kept' for the summary line."""
+    dropped = ", ".join(f"{f} {c['dropped']}" for f, c in sorted(sel.flags.items()) if c["dropped"])
+    kept = ", ".join(f"{f} {c['kept']}" for f, c in sorted(sel.flags.items()) if c["kept"])
+    return "; ".join(p for p in (f"{dropped} dropped" if dropped else "", f"{kept} kept" if kept else "") if p)
+
+
+__all__ = ["ShardReport", "ShardsError", "Step", "build_shards", "check_output", "read_state", "STAGE"]

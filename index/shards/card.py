@@ -1,12 +1,15 @@
-"""DATA_CARD.md beside the shards: Hugging Face dataset-card front matter, totals, plots, models and prompts.
+"""DATA_CARD.md beside the output: Hugging Face dataset-card front matter, how the data was made, what each
+step dropped, the format's files, and figures under SHARDS_DIR/card/.
 
-The text comes from `data_cards/TEMPLATE.md` (`$name` placeholders, string.Template); the plots are PNGs
-under SHARDS_DIR/card/ drawn with matplotlib's Agg backend.
+The front matter is built with huggingface_hub's `DatasetCardData` and the finished text is parsed back with
+`DatasetCard` (a card the Hub would refuse to read fails the build instead). The body comes from
+`data_cards/TEMPLATE.md` (`$name` placeholders, string.Template). Provenance is read from the input manifest's
+folder: the split-videos options (`.parts/split/config.json`) and the sources that failed upstream
+(`failed.jsonl`); the caption model and prompt from the manifest's own columns; dedup from the index.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections import Counter
@@ -18,82 +21,19 @@ import pandas as pd
 
 from ..files import atomic_write_bytes, atomic_write_text
 from ..manifest import read_failed
+from . import plots
+from .select import hours
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "TEMPLATE.md"
-STOPWORDS = set("""a an the and or of in on at to with from by for is are was were be been it its this that
-these those as into over under while his her their there here then than through up down out off one two
-video clip shows scene camera frame""".split())
-
-
-def _figure():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    _figure().close(fig)
-    return buf.getvalue()
+# the scorer's columns (score-clips); any numeric `score_*` column is a score too
+SIMILARITY_SAMPLE = 20_000
+SCORE_COLUMNS = ("aesthetic", "motion", "motion_max", "sharpness", "brightness", "black_frac", "text_area", "bpp",
+                 "text_match", "nsfw")
 
 
 def similarity_plot(nearest: np.ndarray, threshold: float) -> bytes:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.hist(nearest, bins=np.linspace(-1, 1, 81), color="#4c72b0")
-    ax.axvline(threshold, color="#c44e52", ls="--", label=f"threshold {threshold:.2f}")
-    ax.set_yscale("log")
-    ax.set_xlabel("cosine similarity to the nearest other clip")
-    ax.set_ylabel("clips")
-    ax.legend()
-    return _png(fig)
-
-
-def _durations(df: pd.DataFrame) -> pd.Series:
-    """Seconds per clip from its PTS range (num_frames / fps is off for variable-frame-rate sources)."""
-    return (df["end_sec"].astype(float) - df["start_sec"].astype(float)).clip(lower=0).round(6)
-
-
-def _plots(df: pd.DataFrame) -> dict[str, bytes]:
-    plt = _figure()
-    out = {}
-    dur = _durations(df)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.hist(dur, bins=30, color="#4c72b0")
-    ax.set_xlabel("clip duration (s)")
-    ax.set_ylabel("clips")
-    out["duration"] = _png(fig)
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    res = (df["width"].astype(str) + "x" + df["height"].astype(str)).value_counts().head(12)
-    a1.barh(res.index[::-1], res.to_numpy()[::-1], color="#55a868")
-    a1.set_xlabel("clips")
-    a1.set_title("resolution")
-    from ..record import simplify_ratio
-    ar = pd.Series([simplify_ratio(w, h) for w, h in zip(df["width"], df["height"])]).value_counts().head(10)
-    a2.bar(ar.index, ar.to_numpy(), color="#8172b2")
-    a2.set_title("aspect ratio (w:h)")
-    out["resolution"] = _png(fig)
-
-    captions = df["caption"].fillna("").astype(str) if "caption" in df else pd.Series([], dtype=str)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.hist(captions.str.split().str.len(), bins=30, color="#dd8452")
-    ax.set_xlabel("caption length (words)")
-    ax.set_ylabel("clips")
-    out["caption_length"] = _png(fig)
-
-    words = Counter(w for c in captions for w in re.findall(r"[a-z][a-z'-]+", c.lower()) if w not in STOPWORDS)
-    top = words.most_common(20)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    if top:
-        ax.barh([w for w, _ in top][::-1], [n for _, n in top][::-1], color="#64b5cd")
-    ax.set_xlabel("occurrences")
-    ax.set_title("most frequent caption words")
-    out["words"] = _png(fig)
-    return out
+    """index-clips' similarity_hist.png: the nearest-neighbour similarity of the indexed clips."""
+    return plots.similarity(nearest, threshold, among="in the index")
 
 
 def _table(rows: list[tuple], header: tuple) -> str:
@@ -104,7 +44,7 @@ def _table(rows: list[tuple], header: tuple) -> str:
     return "\n".join(lines)
 
 
-def _size_category(n: int) -> str:
+def size_category(n: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
         if n < limit:
@@ -112,64 +52,183 @@ def _size_category(n: int) -> str:
     return "n>10M"
 
 
-def _dropped(report, out_dir: Path) -> list[tuple]:
-    reasons = Counter()
-    for f in read_failed(out_dir):
-        reason = re.sub(r"^clip \S+: ", "", f["reason"])
-        reasons[re.sub(r"\(.*\)$", "", reason).strip()] += 1
-    rows = [(why, n) for why, n in sorted(reasons.items(), key=lambda x: -x[1])]
-    return rows + [(why, n) for why, n in report.dropped.items()]
+def human_size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
 
 
-def write_card(out_dir, manifest: pd.DataFrame, report, index_dir=None, name: str | None = None,
-               template=None) -> Path:
-    """Render DATA_CARD.md and its plots for the samples in `report.index`."""
+def _reason(text: str) -> str:
+    """A failure's reason without the clip or row it names and details in parentheses: groups alike reasons."""
+    text = re.sub(r"^(clip \S+|\d+ clips?|\S+ row \d+ \(clip \S+\)): ", "", text)
+    return re.sub(r"\s*\(.*\)\s*$", "", text).strip()
+
+
+def score_columns(df: pd.DataFrame) -> list[str]:
+    cols = [c for c in df.columns if c in SCORE_COLUMNS or str(c).startswith("score_")]
+    return [c for c in cols if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+
+
+def _provenance(manifest) -> tuple[str, list[tuple]]:
+    """The shot detector (from the split run beside the manifest) and the upstream failures by stage and reason."""
+    if manifest is None:
+        return "not recorded (no manifest path)", []
+    folder = Path(manifest).resolve().parent
+    detector = "not recorded (the manifest's folder holds no split-videos run)"
+    cfg = folder / ".parts" / "split" / "config.json"
+    if cfg.is_file():
+        try:
+            c = json.loads(cfg.read_text())
+            opts = ", ".join(f"{k}={v}" for k, v in sorted((c.get("detector_options") or {}).items()))
+            rules = ", ".join(f"{k}={c[k]}" for k in ("min_sec", "max_sec", "trim_frames") if k in c)
+            detector = f"`{c.get('detector')}`" + (f" ({opts})" if opts else "") + (f"; clip rules: {rules}" if rules else "")
+        except (OSError, ValueError, AttributeError):
+            pass
+    upstream = Counter((f.get("stage", "?"), _reason(f.get("reason", ""))) for f in read_failed(folder))
+    return detector, [(stage, why, n) for (stage, why), n in sorted(upstream.items(), key=lambda x: (x[0][0], -x[1]))]
+
+
+def _scores(sel, index: pd.DataFrame, card_dir: Path) -> tuple[str, str]:
+    """The scores table (range, thresholds used) and one histogram per score with its thresholds drawn."""
+    scored = sel.scored if sel is not None and sel.scored is not None else index
+    lines: dict[str, list] = {}
+    for step in (sel.steps if sel is not None else []):
+        if step.kind != "filtered" or step.column is None:
+            continue
+        if step.threshold is not None:
+            lines.setdefault(step.column, []).append((step.threshold, step.condition))
+    if sel is not None:
+        for node in sel.where_nodes:
+            for col, op, value in node.thresholds():
+                lines.setdefault(col, []).append((value, f"{col} {plots_op(op)} {value:g}"))
+    rows, figures = [], []
+    for col in score_columns(scored):
+        v = pd.to_numeric(scored[col], errors="coerce").dropna()
+        kept = pd.to_numeric(index[col], errors="coerce").dropna() if col in index else v.iloc[:0]
+        used = "; ".join(sorted({label for _, label in lines.get(col, [])})) or "none"
+        rows.append((col, len(v), f"{v.min():.4g}" if len(v) else "-", f"{v.median():.4g}" if len(v) else "-",
+                     f"{v.max():.4g}" if len(v) else "-", used, len(kept)))
+        if len(v):
+            atomic_write_bytes(card_dir / f"score_{col}.png", plots.histogram(
+                v, col, lines=sorted(set(lines.get(col, []))),
+                title=f"{col}: {len(v)} clips before the filters, {len(kept)} in this dataset"))
+            figures.append(f"![{col}](card/score_{col}.png)")
+    if "camera_motion" in scored and scored["camera_motion"].notna().any():
+        atomic_write_bytes(card_dir / "camera_motion.png", plots.categories(
+            scored["camera_motion"], index["camera_motion"] if "camera_motion" in index else pd.Series(dtype=str),
+            "camera motion"))
+        figures.append("![camera motion](card/camera_motion.png)")
+    table = _table(rows, ("score", "clips with it", "min", "median", "max", "threshold used", "in this dataset"))
+    return table, "\n".join(figures)
+
+
+def plots_op(op: str) -> str:
+    return {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[op]
+
+
+def _similarity(index_dir, index: pd.DataFrame, card_dir: Path) -> tuple[str, str, list]:
+    """Dedup text, the similarity figure over the card's own clips, and the embedding models."""
+    meta_path = Path(index_dir) / "index.json" if index_dir is not None else None
+    if meta_path is None or not meta_path.exists():
+        return "Not deduplicated (--no-dedup).", "", []
+    meta = json.loads(meta_path.read_text())
+    d = meta["dedup"]
+    models = [("visual embedding", meta["visual"].get("model", meta["visual"]["name"]), meta["clips"]),
+              ("text embedding", meta["text"]["name"], meta["clips"])]
+    text = (f"Clips whose visual embeddings ({meta['visual']['name']}) have cosine similarity >= {d['threshold']}, "
+            f"or whose frames are identical (frame hash), form groups ({d['groups']} groups among "
+            f"{meta['clips']} indexed clips; pair search: {d['method']}). After the filters, one clip per group "
+            f"is kept: {d['keep_rule']}.")
+    figure = ""
+    nearest = card_similarities(index_dir, index["clip_id"] if len(index) else [])
+    if len(nearest) >= 2:
+        atomic_write_bytes(card_dir / "similarity.png", plots.similarity(nearest, float(d["threshold"])))
+        figure = "![nearest-neighbour similarity](card/similarity.png)"
+    return text, figure, models
+
+
+def card_similarities(index_dir, clip_ids) -> np.ndarray:
+    """For each clip of the card (found in the index), the cosine similarity of its visual embedding to the
+    nearest other clip of the card: the clip set the card counts, not the whole index (a sample of
+    SIMILARITY_SAMPLE clips of larger cards, each compared with all)."""
+    from ..dedup.groups import nearest_neighbour_similarity
+
+    vis_path, clips_path = Path(index_dir) / "visual.npy", Path(index_dir) / "clips.parquet"
+    if not (vis_path.exists() and clips_path.exists()):
+        return np.zeros(0, np.float32)
+    ids = pd.read_parquet(clips_path, columns=["clip_id"])["clip_id"].astype(str)
+    rows = np.flatnonzero(ids.isin(set(map(str, clip_ids))).to_numpy() & ~ids.duplicated().to_numpy())
+    vis = np.load(vis_path, mmap_mode="r")
+    if len(rows) < 2 or len(vis) != len(ids):
+        return np.zeros(0, np.float32)
+    return nearest_neighbour_similarity(np.asarray(vis[rows]), sample=min(len(rows), SIMILARITY_SAMPLE))
+
+
+def _front_matter(name: str, license: str, n: int, data_files: list, fmt: str) -> str:
+    from huggingface_hub import DatasetCardData
+
+    data = DatasetCardData(
+        pretty_name=name, license=license, task_categories=["text-to-video"], size_categories=[size_category(n)],
+        tags=["video", "captions", "shotcap", fmt],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": list(data_files)}]}])
+    return data.to_yaml()
+
+
+def write_card(out_dir, report, info, manifest=None, index_dir=None, name: str | None = None,
+               license: str = "other", template=None) -> Path:
+    """Render DATA_CARD.md and its figures for the build in `report` (`info`: the writer's FormatInfo)."""
+    from huggingface_hub import DatasetCard
+
     out_dir = Path(out_dir)
-    df = report.index if report.index is not None and len(report.index) else manifest.iloc[:0]
-    name = name or out_dir.resolve().name
-    card_dir = out_dir / "card"
-    plots = _plots(df) if len(df) else {}
-    for key, png in plots.items():
-        atomic_write_bytes(card_dir / f"{key}.png", png)
-    dropped = _dropped(report, out_dir)
-    models = []
-    for col, what in (("caption_model", "caption model"), ("prompt_id", "caption prompt")):
-        if col in df:
-            models += [(what, v, n) for v, n in df[col].dropna().astype(str).value_counts().items()]
-    similarity, dedup_text = "", "Not deduplicated (no index given, or --no-dedup)."
-    if index_dir is not None and (Path(index_dir) / "index.json").exists():
-        meta = json.loads((Path(index_dir) / "index.json").read_text())
-        models += [("visual embedding", meta["visual"].get("model", meta["visual"]["name"]), meta["clips"]),
-                   ("text embedding", meta["text"]["name"], meta["clips"])]
-        d = meta["dedup"]
-        dedup_text = (f"Clips with cosine similarity >= {d['threshold']} between visual embeddings "
-                      f"({meta['visual']['name']}), or identical frame hashes, form groups; {d['groups']} groups "
-                      f"were found among {meta['clips']} indexed clips and one clip per group is kept: "
-                      f"{d['keep_rule']}. Pair search: {d['method']}.")
-        sim = Path(index_dir) / "similarity.npz"
-        if sim.exists():
-            z = np.load(sim)
-            atomic_write_bytes(card_dir / "similarity.png", similarity_plot(z["nearest"], float(z["threshold"])))
-            similarity = "![nearest-neighbour similarity](card/similarity.png)"
-    shards = list(report.shards)
-    csv = (out_dir / "opensora.csv").exists() and not shards
-    files = [out_dir / "opensora.csv", *(out_dir / "clips").glob("*")] if csv else [out_dir / s for s in shards]
-    size = sum(f.stat().st_size for f in files if f.is_file())
-    fields = {
-        "name": name, "size_category": _size_category(len(df)),
-        "data_files": "opensora.csv" if csv else "*.tar",
-        "clips": len(df), "hours": f"{_durations(df).sum() / 3600:.3f}" if len(df) else "0",
-        "sources": df["video_sha256"].nunique() if len(df) else 0, "shards": len(shards),
-        "size": f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB",
-        "dropped_total": sum(n for _, n in dropped), "dropped_table": _table(dropped, ("reason", "clips")),
-        "models_table": _table(models, ("role", "model / id", "clips")),
-        "format_text": ("`opensora.csv` (Open-Sora columns) and the clip files under `clips/`." if csv else
-                        "WebDataset tar shards, one bucket (resolution, aspect ratio, frame count) per shard; "
-                        "`index.parquet` lists every sample with its shard and manifest row."),
-        "similarity_plot": similarity, "dedup_text": dedup_text,
-    }
     template = Path(template or TEMPLATE)
     if not template.exists():
         raise FileNotFoundError(f"data card template {template} not found (pass --card-template)")
-    text = Template(template.read_text(encoding="utf-8")).safe_substitute(fields)
+    index = report.index if report.index is not None else pd.DataFrame()
+    sel = report.selection
+    name = name or out_dir.resolve().name
+    card_dir = out_dir / "card"
+    figures = plots.distributions(index) if len(index) else {}
+    for key, png in figures.items():
+        atomic_write_bytes(card_dir / f"{key}.png", png)
+    detector, upstream = _provenance(manifest)
+    dedup_text, similarity, models = _similarity(index_dir, index, card_dir)
+    captions = [(what, v, n) for col, what in (("caption_model", "caption model"), ("prompt_id", "caption prompt "
+                                                                                               "(prompt_id)"))
+                if col in index for v, n in index[col].dropna().astype(str).value_counts().items()]
+    models = captions + models
+    score_table, score_figures = _scores(sel, index, card_dir)
+    steps = [(k + 1, s.kind, s.condition, s.dropped, s.clips, f"{s.hours:.3f}")
+             for k, s in enumerate(sel.steps if sel is not None else [])]
+    flags = [(f, c["dropped"], c["kept"]) for f, c in sorted((sel.flags if sel is not None else {}).items())]
+    failed = Counter(_reason(f["reason"]) for f in report.failures)
+    unfit = Counter(reason for _, reason in report.unfit)
+    size = sum((out_dir / f).stat().st_size for f in info.files if (out_dir / f).is_file())
+    totals = [("clips", len(index)), ("hours", f"{report.hours:.3f}"),
+              ("source videos", index["video_sha256"].nunique() if len(index) else 0), *info.totals,
+              ("size on disk", human_size(size)),
+              ("rows in the input manifest", sel.input_rows if sel is not None else len(index)),
+              ("clips dropped", sum(report.dropped.values()))]
+    opts = report.clip_options
+    fields = {
+        "name": name, "format": report.format,
+        "totals_table": _table(totals, ("", "")),
+        "detector": detector, "models_table": _table(models, ("role", "model / id", "clips")),
+        "clip_options": (", ".join(f"{k}={v}" for k, v in opts.describe().items() if v) if opts.active()
+                         else "none (each clip is its frame range as it is, re-encoded)"),
+        "steps_table": _table(steps, ("step", "kind", "condition", "dropped", "clips left", "hours left")),
+        "dropped_summary": ", ".join(f"{n} {k}" for k, n in report.dropped.items()) or "none",
+        "flags_table": _table(flags, ("flag", "dropped", "kept")),
+        "failed_table": _table(sorted(failed.items(), key=lambda x: -x[1]), ("reason", "rows")),
+        "unfit_table": _table(sorted(unfit.items(), key=lambda x: -x[1]), ("reason", "clips")),
+        "upstream_table": _table(upstream, ("stage", "reason", "sources or clips")),
+        "scores_table": score_table, "score_figures": score_figures or "No scores in the manifest.",
+        "format_text": info.text, "read_code": info.read,
+        "similarity_figure": similarity, "dedup_text": dedup_text,
+    }
+    body = Template(template.read_text(encoding="utf-8")).safe_substitute(fields)
+    text = f"---\n{_front_matter(name, license, len(index), info.data_files, report.format).strip()}\n---\n\n{body}"
+    card = DatasetCard(text)  # parses the front matter back: a malformed card stops here, not on the Hub
+    if card.data.pretty_name != name:
+        raise RuntimeError("data card front matter did not round-trip")
     return atomic_write_text(out_dir / "DATA_CARD.md", text)
+
+
+__all__ = ["SCORE_COLUMNS", "hours", "score_columns", "similarity_plot", "size_category", "write_card"]
