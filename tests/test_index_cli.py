@@ -155,3 +155,19 @@ def test_a_clip_past_the_end_fails_alone_and_bad_output_is_one_line(tmp_path, ca
     assert index_main([str(data["manifest"]), "-o", str(blocker)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("index-clips: error:")
+
+
+def test_a_larger_manifest_later_embeds_only_the_new_clips_and_a_no_op_rewrites_nothing(tmp_path):
+    data = make_dataset(tmp_path / "src", shots=3, frames=12)
+    df = read_manifest(data["manifest"])
+    write_manifest(df.iloc[:4], tmp_path / "small.parquet")
+    idx = tmp_path / "idx"
+    build_index(tmp_path / "small.parquet", idx)
+    parts = {p.name: p.read_bytes() for p in (idx / ".parts" / "embed").glob("*.parquet")}
+    build_index(data["manifest"], idx)  # a superset of the first manifest
+    clips = read_manifest(idx / "clips.parquet")
+    assert clips["clip_id"].is_unique and sorted(clips["clip_id"]) == sorted(df["clip_id"])
+    assert all((idx / ".parts" / "embed" / name).read_bytes() == b for name, b in parts.items())  # not redone
+    written = {p.name: p.stat().st_mtime_ns for p in idx.iterdir() if p.is_file()}
+    build_index(data["manifest"], idx)  # nothing new: the index stays as it is
+    assert {p.name: p.stat().st_mtime_ns for p in idx.iterdir() if p.is_file()} == written

@@ -28,8 +28,8 @@ from ..engine import (BadInput, EngineOptions, Output, Stage, Unit, UsageError, 
                       run_stage)
 from ..files import HashCache, OutputLock, atomic_write_bytes, atomic_write_text, command_line, file_sha256
 from ..files import remove_own_temps
-from ..manifest import (ManifestError, PartStore, add_retry_arg, check_sources, load_manifest, read_manifest,
-                        run_cli, write_failed, write_manifest)
+from ..manifest import (ManifestError, PartStore, add_retry_arg, check_sources, clip_set_units, load_manifest,
+                        read_manifest, run_cli, write_failed, write_manifest)
 from ..video import iter_frames, sample_indices
 
 STAGE = "embed"
@@ -66,40 +66,40 @@ def read_clips(path, requests: dict, size) -> tuple[dict, int]:
 
 
 class EmbedStage(Stage):
-    """index-clips' units: one source's clips of this manifest (the key covers the source and its clip set);
-    `process` decodes the source once and embeds its clips. `models`: the driver's embedders, used as they are
-    when the units run in this process (workers load their own, once)."""
+    """index-clips' units: one source's clips of this manifest that the index does not hold yet (a unit's key
+    covers its clip set: a larger manifest later embeds only the new clips); `process` decodes the source once
+    and embeds its clips. The driver loads its own embedders only when it needs them (captions to re-embed, the
+    units run here); workers load theirs once."""
 
     name = STAGE
     unit_name = "clips"
     uses_gpu = True
-    driver_only = ("df", "store", "models")
+    driver_only = ("df", "store", "_models")
 
-    def __init__(self, df: pd.DataFrame, store: PartStore, models: tuple, batch: int, image_model, text_model,
-                 num_frames: int, trust_remote_code: bool):
-        self.df, self.store, self.models, self.batch = df, store, models, batch
+    def __init__(self, df: pd.DataFrame, store: PartStore, batch: int, image_model, text_model, num_frames: int,
+                 trust_remote_code: bool):
+        self.df, self.store, self.batch = df, store, batch
         self.spec = (image_model, text_model, num_frames, trust_remote_code)
+        self._models = None
+        self.refreshed = 0  # parts rewritten because their clips' captions changed
+
+    def models(self) -> tuple:
+        if self._models is None:
+            image_model, text_model, num_frames, trust = self.spec
+            self._models = (make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust),
+                            TextEmbedder(text_model))
+        return self._models
 
     def units(self) -> list[Unit]:
-        units = []
-        for (path, sha), rows in self.df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
-            ids = sorted(rows["clip_id"].astype(str))
-            key = hashlib.sha256("\n".join([str(path), str(sha), ",".join(ids)]).encode()).hexdigest()[:24]
-            if self.store.done(key):
-                _refresh_captions(self.store, key, rows, self.models[1])
-            units.append(Unit(key, str(path), rows, len(rows), tuple(ids)))
-        return units
+        self._refresh_captions()
+        return clip_set_units(self.df, self.store)
 
     def load(self):
-        if getattr(self, "models", None) is not None:
-            return self.models
-        image_model, text_model, num_frames, trust = self.spec
-        return (make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust),
-                TextEmbedder(text_model))
+        return self.models()
 
     def process(self, models, unit: Unit) -> Output:
         visual, text = models
-        rows = unit.data
+        rows = pd.DataFrame(unit.data)
         first = rows.iloc[0]
         size = visual.frame_size(int(first["width"]), int(first["height"]))
         requests = {cid: sample_indices(a, b, visual.num_frames)
@@ -119,31 +119,44 @@ class EmbedStage(Stage):
         return Output(part, bad)
 
     def merge(self, store: PartStore):
-        return store.merge(sort_by=("x_batch", "video_path", "start_frame", "clip_id"))
+        df, fails = store.merge(sort_by=("x_batch", "video_path", "start_frame", "clip_id"))
+        return df.drop_duplicates("clip_id", keep="first").reset_index(drop=True), fails  # the earliest batch
+
+    def _refresh_captions(self) -> None:
+        """Parts whose clips have other captions in this manifest (captioned after indexing): the later stages'
+        columns come from this manifest and the text vectors are embedded again."""
+        if "caption" not in self.df or not len(self.df):
+            return
+        new = self.df.set_index("clip_id")
+        for path in sorted(self.store.dir.glob("*.parquet")):
+            part = pd.read_parquet(path)
+            here = part["clip_id"].isin(new.index).to_numpy()
+            if not here.any():
+                continue
+            ids = part.loc[here, "clip_id"]
+            old = part["caption"][here] if "caption" in part else pd.Series([None] * int(here.sum()))
+            if _texts(old) == _texts(new.loc[ids, "caption"]):
+                continue
+            for col in new.columns:
+                if col not in ("video_path", "video_sha256"):
+                    values = part[col].astype(object) if col in part else pd.Series([None] * len(part), dtype=object)
+                    values[here] = new.loc[ids, col].to_numpy()
+                    part[col] = values
+            part["x_text"] = list(self.models()[1].embed(part["caption"].tolist()))
+            self.store.write(path.name.split(".")[0], part)
+            self.refreshed += 1
 
 
-def _refresh_captions(store: PartStore, key: str, rows: pd.DataFrame, text) -> None:
-    """A finished part whose clips now have other captions (captioned after indexing): new text vectors."""
-    path = store.dir / f"{key}.parquet"
-    if not path.exists() or "caption" not in rows:
-        return
-    part = pd.read_parquet(path)
-    new = rows.set_index("clip_id").reindex(part["clip_id"])
-    old_caps = part["caption"] if "caption" in part else pd.Series([None] * len(part))
-    if old_caps.fillna("").astype(str).tolist() == new["caption"].fillna("").astype(str).tolist():
-        return
-    for col in new.columns:  # the later stages' columns come from the newer manifest
-        if col not in ("video_path", "video_sha256"):
-            part[col] = new[col].to_numpy()
-    part["x_text"] = list(text.embed(new["caption"].tolist()))
-    store.write(key, part)
+def _texts(s: pd.Series) -> list[str]:
+    return ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in s]
 
 
 def build_index(manifest_path, index_dir, image_model=None, text_model=None, num_frames: int = 8,
                 threshold: float = dd.DEFAULT_THRESHOLD, method: str = "auto", index_kind: str = "auto",
                 trust_remote_code: bool = False, engine: EngineOptions | None = None,
                 retry_failed: bool = False, rehash: bool = False) -> dict:
-    """index-clips as a function: embed, update the FAISS indexes, dedup everything indexed. Returns index.json."""
+    """index-clips as a function: embed, update the FAISS indexes, dedup everything indexed. Returns index.json.
+    A re-run with nothing new (same parts, failures and options) leaves the index as it is and loads no model."""
     manifest_path, index_dir = Path(manifest_path), Path(index_dir)
     df, row_failures = load_manifest(manifest_path, STAGE)
     with OutputLock(index_dir, command_line()):
@@ -151,14 +164,31 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
         batch, batches = _batch(index_dir, manifest_path)
         with HashCache(index_dir, also=[manifest_path.parent], rehash=rehash) as hashes:
             df, source_failures = check_sources(df, hashes, STAGE)
-        visual = make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust_remote_code)
-        text = TextEmbedder(text_model)
-        store = PartStore(index_dir, STAGE, config={"visual": visual.describe(), "text": text.describe()},
-                          retry_failed=retry_failed)
-        stage = EmbedStage(df, store, (visual, text), batch, image_model, text_model, num_frames, trust_remote_code)
+        config = {"visual": {"model": image_model or "signature", "num_frames": int(num_frames)},
+                  "text": {"model": text_model or "bundled"}}
+        store = PartStore(index_dir, STAGE, config=config, retry_failed=retry_failed)
+        stage = EmbedStage(df, store, batch, image_model, text_model, num_frames, trust_remote_code)
         run_stage(stage, store, engine)
-        return _finish_index(stage, manifest_path, index_dir, visual, text, batches, threshold, method, index_kind,
-                             row_failures + source_failures)
+        failures = row_failures + source_failures
+        state = _state(store, failures, batches, threshold, method, index_kind)
+        meta_path = index_dir / "index.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("state") == state and (index_dir / "clips.parquet").exists():
+                return meta  # nothing changed since the index was written
+        visual, text = stage.models()
+        meta = _finish_index(stage, manifest_path, index_dir, visual, text, batches, threshold, method, index_kind,
+                             failures)
+        atomic_write_text(meta_path, json.dumps({**meta, "state": state}, indent=2, default=str))
+        return meta
+
+
+def _state(store: PartStore, failures: list, batches: list, *params) -> str:
+    """A digest of what the index is made from: the parts and failure records on disk (names, sizes, times), the
+    input's failures, the manifests added and the dedup and index parameters."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in store.dir.iterdir())
+    text = json.dumps([files, failures, batches, params], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _finish_index(stage, manifest_path, index_dir, visual, text, batches, threshold, method, index_kind,

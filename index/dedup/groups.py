@@ -164,8 +164,9 @@ def nearest_neighbour_similarity(vectors: np.ndarray, sample: int = 2000, seed: 
 def _keep_order(df: pd.DataFrame) -> pd.DataFrame:
     """Sort keys for KEEP_RULE (ascending = better)."""
     dur = df["num_frames"].astype(float) / df["fps"].replace(0, np.nan).astype(float)
-    caption = df["caption"].fillna("").astype(str) if "caption" in df else pd.Series("", index=df.index)
-    flags = df["caption_flags"].fillna("").astype(str) if "caption_flags" in df else pd.Series("", index=df.index)
+    caption = df["caption"].astype(object).fillna("").astype(str) if "caption" in df else pd.Series("", index=df.index)
+    flags = (df["caption_flags"].astype(object).fillna("").astype(str) if "caption_flags" in df
+             else pd.Series("", index=df.index))
     batch = df["batch"] if "batch" in df else pd.Series(0, index=df.index)
     return pd.DataFrame({
         "uncaptioned": (caption.str.strip() == "").astype(int), "batch": batch.astype(int), "dur": -dur.fillna(0), "pixels": -(df["width"] * df["height"]).astype(float),
