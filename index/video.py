@@ -1,19 +1,26 @@
 """Video probing, frame reading and frame-accurate clip writing. PyAV is the reference decoder.
 
 Frame indices are positions in PyAV's decoded (presentation-order) frame sequence; times are PTS-based
-seconds from the first decoded frame. Every reader makes one sequential pass over a source: one decode
-serves all the clips of a video, never one seek per clip.
+seconds from the first decoded frame (see `_in_order`). Every reader makes one sequential pass over a
+source: one decode serves all the clips of a video, never one seek per clip.
+
+Same input, same frames: each source is decoded on one thread (see `_decoded`) and clips are encoded by
+one x264 thread, so cutting the same clips again, in this process or another, gives the same frames and
+the same mp4 bytes (with the same PyAV and FFmpeg builds).
 """
 
 from __future__ import annotations
 
+import heapq
 import io
 import math
 import os
+import stat
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Collection, Iterable, Iterator, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Sequence, TypeVar
 
 import av
 import numpy as np
@@ -23,6 +30,8 @@ from .engine import BadInput
 from .files import temp_name
 
 Source = "str | os.PathLike | bytes | io.IOBase"
+T = TypeVar("T")
+REORDER = 4  # frames of look-ahead when putting timestamps in presentation order (see `_in_order`)
 
 
 class VideoError(BadInput):
@@ -59,9 +68,15 @@ def _open(src):
         src = io.BytesIO(bytes(src))
     elif isinstance(src, (str, os.PathLike)):
         p = Path(src)
-        if not p.exists():
-            raise VideoError("file not found")
-        if p.stat().st_size == 0:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise VideoError("file not found") from None
+        except OSError as e:
+            raise VideoError(f"cannot read file ({e.strerror or e})") from None
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block, a device never end
+            raise VideoError("not a regular file (a pipe, device or folder)")
+        if st.st_size == 0:
             raise VideoError("zero-byte file")
         src = str(p)
     try:
@@ -76,11 +91,15 @@ def _short(e: Exception) -> str:
 
 
 def _video_stream(container):
-    if not container.streams.video:
+    """The film: FFmpeg's best video stream, never cover art (a picture attached to a song or a film)."""
+    moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not moving:
+        cover = " (only cover art)" if container.streams.video else ""
         if container.streams.audio:
-            raise VideoError("audio only, no video stream")
-        raise VideoError("no video stream")
-    stream = container.streams.video[0]
+            raise VideoError(f"audio only, no video stream{cover}")
+        raise VideoError(f"no video stream{cover}")
+    best = container.streams.best("video")  # prefers a stream of many frames over a one-picture track
+    stream = best if best in moving else moving[0]
     if stream.codec_context is None or not stream.codec_context.name:
         raise VideoError("video stream has no decoder")
     return stream
@@ -133,13 +152,7 @@ def probe(src) -> VideoInfo:
         fps = float(rate) if rate else 0.0
         if n and duration > 0:
             fps = n / duration
-        first = None
-        try:
-            for frame in c.decode(stream):
-                first = frame
-                break
-        except av.error.FFmpegError as e:
-            raise VideoError(f"undecodable frames ({_short(e)})") from None
+        first = next(_decoded(c, stream), None)  # as every reader sees it: a lost first group is skipped
         if first is None:
             raise VideoError("no decodable video frames")
         start = float(first.pts * tb) if first.pts is not None else 0.0
@@ -154,8 +167,96 @@ def probe(src) -> VideoInfo:
         )
 
 
+def _decoded(container, stream) -> Iterator["av.VideoFrame"]:
+    """The stream's frames, in presentation order, from one sequential pass on one decoder thread.
+
+    One thread because a damaged stream's frames depend on the threads: frame threads conceal its errors
+    differently from run to run (whole frames differed, so clip pixels and shot boundaries did) and drop a
+    different number of frames at a truncated end; with slice threads H.264 conceals errors otherwise
+    than with one thread, so a worker limited to one CPU (FFmpeg's automatic count is then 1) decoded
+    other frames than the rest. Clean streams decode the same either way; parallelism comes from
+    decoding several sources at once (`--workers`).
+
+    A packet that cannot be decoded is skipped (the frames around it still come out); an unreadable tail
+    ends the pass with what the decoder still holds; a stream whose first packets all fail raises
+    VideoError.
+    """
+    stream.codec_context.thread_count = 1
+    packets = container.demux(stream)
+    got = errors = 0
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as e:
+            if not got:
+                raise VideoError(f"undecodable frames ({_short(e)})") from None
+            packet = None  # truncated: drain the decoder, then stop
+        try:
+            frames = stream.codec_context.decode(packet) if packet is None else packet.decode()
+        except av.error.FFmpegError as e:
+            errors += 1
+            if not got and errors > 8:
+                raise VideoError(f"undecodable frames ({_short(e)})") from None
+            frames = []
+        for frame in frames:
+            got += 1
+            yield frame
+        if packet is None:
+            return
+
+
+def _in_order(items: Iterable[T], stamp: Callable[[T], int | None], time_base: Fraction,
+              rate: float) -> Iterator[tuple[T, float]]:
+    """(item, seconds from the first) for decoded frames, with times that increase.
+
+    A frame's timestamp is its PTS (the packet's DTS where it has none). Decoders hand frames out in
+    presentation order, so the timestamps of the next `REORDER` frames are sorted and the smallest goes to
+    the frame handed out: this gives back the true times where timestamps ride on the wrong frames, as in
+    AVI files with DivX/XviD packed B-frames (pictures in order, timestamps 1, 2, 4, 3, 5, 7, 6 ...).
+    A frame without a timestamp, or whose time would not increase (a repeat), comes one frame period
+    (1 / `rate`) after the previous one; after a jump back of more than `REORDER` periods (a reset, as in
+    concatenated transport streams) times go on from there. A jump forward is kept: it is a real gap.
+    """
+    step = 1.0 / rate if rate and rate > 0 else 0.04
+    pending: deque = deque()
+    stamps: list[int] = []  # heap of the pending frames' timestamps
+    offset, last = None, None
+
+    def release():
+        nonlocal offset, last
+        item, ts = pending.popleft()
+        t = None
+        if ts is not None:
+            ts = heapq.heappop(stamps)
+            if offset is None:  # the first timestamp: times count from it (or continue the counted ones)
+                offset = (0.0 if last is None else last + step) - float(ts * time_base)
+            t = float(ts * time_base) + offset
+        if t is None or (last is not None and t <= last + 1e-9):
+            t = 0.0 if last is None else last + step
+        last = t
+        return item, round(t, 6)
+
+    top = None  # the largest timestamp so far
+    for item in items:
+        ts = stamp(item)
+        if ts is not None and top is not None and float((top - ts) * time_base) > REORDER * step:
+            while pending:  # a reset, not a reordering: it must not be sorted in among the frames before it
+                yield release()
+            offset, top = None, None  # times go on from the last frame's
+        if ts is not None:
+            heapq.heappush(stamps, ts)
+            top = ts if top is None else max(top, ts)
+        pending.append((item, ts))
+        if len(pending) > REORDER:
+            yield release()
+    while pending:
+        yield release()
+
+
 def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = None,
-                threads: bool = True, want: Collection[int] | None = None) -> Iterator[Frame]:
+                want: Collection[int] | None = None) -> Iterator[Frame]:
     """Decode frames in order, as displayed. `size=(w, h)` resizes inside the decoder (swscale).
     With `want`, only those frame indices are converted to RGB and yielded (the rest are decoded only).
 
@@ -164,59 +265,29 @@ def iter_frames(src, size: tuple[int, int] | None = None, stop: int | None = Non
     """
     with _open(src) as c:
         stream = _video_stream(c)
-        if threads:
-            stream.thread_type = "AUTO"
         rot = None  # from the first decoded frame (where PyAV puts the display matrix)
-        tb = stream.time_base or Fraction(1, 1)
         cc = stream.codec_context
-        index, first_pts, last_pts, errors = 0, None, None, 0
+        rate = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 25)
         reformatter = VideoReformatter()  # one scaler for the whole pass (frame.reformat makes one per frame)
-        packets = c.demux(stream)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as e:
-                if index == 0:
-                    raise VideoError(f"undecodable frames ({_short(e)})") from None
-                break  # truncated file: keep what was decoded
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError as e:
-                errors += 1
-                if index == 0 and errors > 8:
-                    raise VideoError(f"undecodable frames ({_short(e)})") from None
-                continue
-            for frame in frames:
+        stamp = lambda f: f.pts if f.pts is not None else f.dts  # noqa: E731
+        timed = _in_order(_decoded(c, stream), stamp, stream.time_base or Fraction(1, 1), rate)
+        if stop is not None and stop <= 0:
+            return
+        for index, (frame, pts_sec) in enumerate(timed):
+            if want is None or index in want:
                 if rot is None:
                     rot = _rotation(stream, frame)
-                    disp = _display_size(cc.width, cc.height, stream.sample_aspect_ratio, rot)
+                    disp = _display_size(cc.width or frame.width, cc.height or frame.height,
+                                         stream.sample_aspect_ratio, rot)
                     out_w, out_h = size or disp
                     # size before rotation: rotate after resizing
                     pre_w, pre_h = (out_h, out_w) if rot in (90, 270) else (out_w, out_h)
-                pts = frame.pts if frame.pts is not None else frame.dts
-                if pts is None:  # no timestamps at all: count on the nominal rate
-                    pts_sec = index / float(stream.average_rate or 25)
-                else:
-                    if first_pts is None:
-                        first_pts = pts
-                    pts_sec = float((pts - first_pts) * tb)
-                if last_pts is not None and pts_sec <= last_pts:
-                    pts_sec = last_pts + 1e-6  # keep times strictly increasing on broken PTS
-                last_pts = pts_sec
-                if want is not None and index not in want:
-                    index += 1
-                    if stop is not None and index >= stop:
-                        return
-                    continue
                 img = reformatter.reformat(frame, width=pre_w, height=pre_h, format="rgb24").to_ndarray()
                 if rot:
                     img = np.ascontiguousarray(np.rot90(img, k=rot // 90))
-                yield Frame(index, round(pts_sec, 6), img)
-                index += 1
-                if stop is not None and index >= stop:
-                    return
+                yield Frame(index, pts_sec, img)
+            if stop is not None and index + 1 >= stop:
+                return
 
 
 def iter_many(src, requests: dict, size: tuple[int, int] | None = None) -> Iterator[tuple]:
@@ -295,9 +366,11 @@ class _ClipEncoder:
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height = _even(width), _even(height)
         self.stream.pix_fmt = "yuv420p"
-        self.stream.codec_context.thread_count = 1  # threaded x264 output differs run to run: keep bytes reproducible
+        self.stream.codec_context.thread_count = 1  # threaded x264 output differs run to run
         if codec == "libx264":
-            self.stream.options = {"crf": str(crf), "preset": "veryfast"}
+            # mbtree off: with it, x264's AVX-512 code gave other bytes (frames up to ~30 grey levels apart) for
+            # the same frames, encode after encode in one process; without it every CPU path gives the same
+            self.stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0"}
         self.count = 0
 
     def add(self, image: np.ndarray) -> None:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from .adaptive import AdaptiveDetector
+from functools import partial
+from typing import Callable
+
 from .base import Decoded, Shot, ShotDetector
-from .content import ContentDetector
-from .hash import HashDetector
-from .histogram import HistogramDetector
+from .pyscenedetect import LIBRARY, PySceneDetect
 from .transnetv2 import TransNetV2Detector
 
-DETECTORS: dict[str, type[ShotDetector]] = {
+# name -> constructor taking the detector's options (every one takes `min_shot_frames`, see base.py)
+DETECTORS: dict[str, Callable[..., ShotDetector]] = {
     "transnetv2": TransNetV2Detector,
-    "adaptive": AdaptiveDetector,
-    "content": ContentDetector,
-    "histogram": HistogramDetector,
-    "hash": HashDetector,
+    **{name: partial(PySceneDetect, name) for name in LIBRARY},  # adaptive, content, histogram, hash
 }
 DEFAULT_DETECTOR = "transnetv2"
 

@@ -4,7 +4,7 @@ Per shot: trim `trim_frames` at each edge (a detector that is one frame late lea
 neighbouring shot), drop what is shorter than `min_sec`, and cut what is longer than `max_sec` into
 the fewest near-equal chunks (by PTS, so VFR files chunk by time) that each fit (or, when no chunks fit
 both limits, centred windows of `max_sec`: see `chunk`). Transition frames never reach a clip: they lie
-between shots already.
+between shots already. When no clip comes out, `explain_no_clips` gives the one-line reason.
 """
 
 from __future__ import annotations
@@ -96,3 +96,27 @@ def shots_to_clips(shots: list[Shot], decoded: Decoded, video_path: str, video_s
             clips.append(Clip.from_range(video_path, video_sha256, s, e, t0, t1, decoded.fps,
                                          decoded.width, decoded.height))
     return clips
+
+
+def explain_no_clips(shots: list[Shot], decoded: Decoded, policy: ClipPolicy = ClipPolicy()) -> str:
+    """Why `shots_to_clips` made no clip of these shots, in one line for failed.jsonl, e.g.
+    "too short: no clip of at least 2 s (3 shots; longest shot 2.00 s, 1.92 s after trimming 1 frame at
+    each edge < --min-sec 2)". The trimming is named only when the longest shot was long enough before it."""
+    head = f"too short: no clip of at least {policy.min_sec:g} s"
+    if not shots:
+        return f"{head} (no shots)"
+
+    def seconds(a: int, b: int) -> float:
+        return decoded.end_time(b) - decoded.end_time(a) if b > a else 0.0
+
+    count = f"{len(shots)} shot{'' if len(shots) == 1 else 's'}"
+    longest = max(seconds(s.start_frame, s.end_frame) for s in shots)
+    t = policy.trim_frames
+    trimmed = max(seconds(s.start_frame + t, s.end_frame - t) for s in shots)
+    edge = f"trimming {t} frame{'' if t == 1 else 's'} at each edge"
+    if t and longest + 1e-6 >= policy.min_sec and trimmed <= 0:
+        return f"{head} ({count}; longest shot {longest:.2f} s, nothing left after {edge})"
+    if t and longest + 1e-6 >= policy.min_sec and trimmed + 1e-6 < policy.min_sec:
+        return (f"{head} ({count}; longest shot {longest:.2f} s, {trimmed:.2f} s after {edge} "
+                f"< --min-sec {policy.min_sec:g})")
+    return f"{head} ({count}; longest shot {longest:.2f} s)"

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .base import ShotDetector
+from .base import MIN_SHOT_FRAMES, ShotDetector
 
 STEP, PAD = 50, 25  # the published recipe: windows of PAD + STEP + PAD = 100 frames
 SIZE = (48, 27)
@@ -123,7 +123,9 @@ class TransNetV2Detector(ShotDetector):
 
     def __init__(self, threshold: float = 0.5, many_hot_threshold: float = 0.2, hard_max_frames: int = 3,
                  device: str | None = None, threads: int | None = None, batch: int | None = None,
-                 fused: bool = True, precision: str = "auto", step: int = STEP):
+                 fused: bool = True, precision: str = "auto", step: int = STEP,
+                 min_shot_frames: int = MIN_SHOT_FRAMES):
+        super().__init__(min_shot_frames)
         self.threshold = float(threshold)
         self.many_hot_threshold = float(many_hot_threshold)
         self.hard_max_frames = int(hard_max_frames)

@@ -7,6 +7,7 @@ pipeline does with it: "fail" (lands in failed.jsonl with a one-line reason) or 
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
@@ -150,8 +151,170 @@ def variable_frame_rate(path) -> Path:
     return _encode(path, frames, t, Fraction(1, 1000), container="matroska")
 
 
-def good(path, seconds: float = 5.0) -> Path:
-    return write_video(path, _frames(seconds=seconds), 25)
+def good(path, seconds: float = 5.0, shade: int = 0) -> Path:
+    """A clean 5 s mp4 with a cut at 2.5 s; `shade` brightens it by that many levels, so that several good
+    files are not byte-identical copies (the encode is deterministic: the same frames give the same bytes)."""
+    frames = _frames(seconds=seconds)
+    if shade:
+        frames = np.clip(frames.astype(np.int16) + shade, 0, 255).astype(np.uint8)
+    return write_video(path, frames, 25)
+
+
+def _vop_type(data: bytes) -> str:
+    """The coding type of an MPEG-4 Part 2 packet's picture (VOP): I, P, B or S."""
+    at = data.find(b"\0\0\1\xb6")
+    return "IPBS"[data[at + 4] >> 6]
+
+
+def _n_vop(time_bits: int) -> bytes:
+    """A DivX placeholder picture: a P-VOP header with vop_coded = 0 (nothing to decode), byte-aligned."""
+    bits = "01" + "0" + "1" + "0" * time_bits + "1" + "0"  # type, modulo time base, marker, time, marker, coded
+    bits += "0" + "1" * (-(len(bits) + 1) % 8)  # stuffing
+    return b"\0\0\1\xb6" + int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def divx_packed(path, b_frames: int = 2) -> Path:
+    """MPEG-4 Part 2 in AVI with DivX-style packed B-frames, as DivX 5 and XviD wrote them: each AVI chunk
+    holds one frame slot, so a P-picture travels with the first B-picture shown before it and an empty
+    placeholder picture takes the slot the P-picture left. The pictures come out of the decoder in order,
+    but each carries the timestamp of the chunk that released it: 1, 2, 4, 3, 5, 7, 6 ..."""
+    frames = _frames()
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="avi") as c:  # plain B-frames first; FFmpeg does not write packed ones
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.codec_context.max_b_frames, s.codec_context.gop_size = b_frames, 12
+        s.codec_context.bit_rate = 2_000_000  # near lossless at this size: each picture is recognisable
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    buf.seek(0)
+    with av.open(buf) as c:
+        coded = [bytes(p) for p in c.demux(video=0) if p.size]
+        buf.seek(0)
+    user = b"\0\0\1\xb2DivX503b1393p"  # the user data that tells decoders the B-frames are packed
+    chunks, i = [], 0
+    while i < len(coded):
+        data = coded[i]
+        if _vop_type(data) == "I":
+            at = data.find(b"\0\0\1\xb3")  # before the group of pictures
+            at = at if at >= 0 else data.find(b"\0\0\1\xb6")
+            data = data[:at] + user + data[at:]
+        i += 1
+        if i < len(coded) and _vop_type(coded[i]) == "B":
+            chunks.append(data + coded[i])  # the P-picture and the first B-picture shown before it
+            i += 1
+            while i < len(coded) and _vop_type(coded[i]) == "B":
+                chunks.append(coded[i])
+                i += 1
+            chunks.append(_n_vop(time_bits=5))  # 25 fps: 5 bits of vop_time_increment
+        else:
+            chunks.append(data)
+    with av.open(buf) as src, av.open(str(path), "w", format="avi") as out:
+        st = out.add_stream_from_template(src.streams.video[0])
+        for k, data in enumerate(chunks):
+            pkt = av.Packet(data)
+            pkt.stream, pkt.time_base, pkt.pts, pkt.dts = st, st.time_base, k, k
+            pkt.is_keyframe = _vop_type(data) == "I"
+            out.mux(pkt)
+    return Path(path)
+
+
+def damaged(path, hits: int = 12, seed: int = 0) -> Path:
+    """An mp4 with bytes overwritten inside its pictures (a bad sector, a broken download): it decodes, with
+    errors concealed, and a frame-threaded decode conceals them differently from run to run."""
+    path = good(path)
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(seed)
+    start = data.find(b"mdat") + 1000
+    for _ in range(hits):
+        at = int(rng.integers(start, len(data) - 1000))
+        data[at:at + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def first_gop_damaged(path) -> Path:
+    """Two-second groups of pictures, the first key picture zeroed: its group is lost, the rest decodes."""
+    path = Path(path)
+    frames = _frames()
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"g": "25", "keyint_min": "25", "bf": "0", "sc_threshold": "0"}
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    with av.open(str(path)) as c:
+        first = next(p for p in c.demux(video=0) if p.size)
+        pos, size = first.pos, first.size
+    data = bytearray(path.read_bytes())
+    data[pos + 4:pos + size] = bytes(size - 4)  # keep the NAL length, zero the picture
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _cover(c, width: int = 64, height: int = 64):
+    """A one-picture MJPEG stream marked as an attached picture (cover art); mux `write()` once every
+    stream is added."""
+    pic = c.add_stream("mjpeg", rate=1)
+    pic.width, pic.height, pic.pix_fmt = width, height, "yuvj420p"
+    pic.disposition = av.stream.Disposition.attached_pic
+
+    def write():
+        img = av.VideoFrame.from_ndarray(np.full((height, width, 3), 200, np.uint8), format="rgb24")
+        img = img.reformat(format="yuvj420p")
+        img.pts = 0
+        for pkt in [*pic.encode(img), *pic.encode()]:
+            c.mux(pkt)
+    return write
+
+
+def song_with_cover(path, seconds: float = 2.0) -> Path:
+    """An .mp4 holding AAC audio and its cover art (iTunes, podcasts): audio only, though it has a
+    video stream."""
+    rate = 44100
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("aac", rate=rate)
+        _cover(c)()
+        t = np.arange(int(seconds * rate)) / rate
+        tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        frame_size = s.codec_context.frame_size or 1024
+        for i in range(0, len(tone) - frame_size, frame_size):
+            f = av.AudioFrame.from_ndarray(tone[None, i:i + frame_size], format="fltp", layout="mono")
+            f.sample_rate, f.pts = rate, i
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return Path(path)
+
+
+def still_track_first(path) -> Path:
+    """Matroska whose first video track is a one-picture still (a thumbnail track) and whose second is
+    the film."""
+    frames = _frames()
+    with av.open(str(path), "w", format="matroska") as c:
+        write_cover = _cover(c)
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        write_cover()
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return Path(path)
 
 
 CASES: dict[str, tuple] = {
@@ -167,8 +330,13 @@ CASES: dict[str, tuple] = {
     "anamorphic_2to1.mp4": (non_square_pixels, "split", "sample aspect ratio 2:1", ""),
     "vfr.mkv": (variable_frame_rate, "split", "25 fps then 10 fps", ""),
     "name with spaces.mp4": (good, "split", "spaces in the name", ""),
-    "vidéo_日本語_ü.mp4": (good, "split", "unicode name", ""),
-    "a;b $(x).mp4": (good, "split", "shell characters in the name", ""),
+    "vidéo_日本語_ü.mp4": (lambda p: good(p, shade=1), "split", "unicode name", ""),
+    "a;b $(x).mp4": (lambda p: good(p, shade=2), "split", "shell characters in the name", ""),
+    "divx_packed.avi": (divx_packed, "split", "MPEG-4 Part 2, packed B-frames: timestamps out of order", ""),
+    "damaged.mp4": (damaged, "split", "bytes overwritten inside pictures: errors concealed", ""),
+    "first_gop_damaged.mp4": (first_gop_damaged, "split", "the first key picture lost: the rest decodes", ""),
+    "song_with_cover.mp4": (song_with_cover, "fail", "audio and cover art: no video to split", "audio only"),
+    "still_track_first.mkv": (still_track_first, "split", "a one-picture track before the film", ""),
 }
 
 

@@ -50,3 +50,56 @@ def test_detector_errors_are_one_line():
         make_detector("nope")
     with pytest.raises(ValueError, match="bad options for detector 'adaptive'"):
         make_detector("adaptive", no_such_option=1)
+
+
+def test_a_video_opening_on_one_black_frame_has_no_one_frame_shot(tmp_path):
+    import numpy as np
+
+    from index.video import write_video
+
+    frames, _ = synth.render([50, 50], size=(160, 96))
+    write_video(tmp_path / "black.mp4", np.concatenate([np.zeros_like(frames[:1]), frames]), 25)
+    # TransNetV2 does call the black frame a shot of its own: without merging it stays one
+    unmerged = detect_shots(tmp_path / "black.mp4", min_shot_frames=1)
+    assert [(s.start_frame, s.end_frame) for s in unmerged] == [(0, 1), (1, 51), (51, 101)]
+    shots = detect_shots(tmp_path / "black.mp4")  # the default merges it into the shot it opens
+    assert [(s.start_frame, s.end_frame) for s in shots] == [(0, 51), (51, 101)]
+    assert shots[0].start_sec == 0.0 and shots[1].start_sec == pytest.approx(2.04)
+
+
+def test_pyscenedetect_detectors_are_one_class_named_by_the_registry():
+    import scenedetect.detectors
+
+    from splitter.base import MIN_SHOT_FRAMES
+    from splitter.pyscenedetect import PySceneDetect
+
+    library = {"adaptive": "AdaptiveDetector", "content": "ContentDetector", "histogram": "HistogramDetector",
+               "hash": "HashDetector"}
+    for name, cls in library.items():
+        det = make_detector(name)
+        assert type(det) is PySceneDetect and det.name == name and det.min_shot_frames == MIN_SHOT_FRAMES
+        assert type(det.library_detector()) is getattr(scenedetect.detectors, cls)
+    assert make_detector("content", min_shot_frames=9).min_shot_frames == 9  # ours, not the library's
+    with pytest.raises(ValueError, match="min_shot_frames must be >= 1"):
+        make_detector("content", min_shot_frames=0)
+
+
+def test_the_detector_base_class_is_abstract():
+    import numpy as np
+
+    from splitter.base import ShotDetector
+
+    with pytest.raises(TypeError):
+        ShotDetector()
+
+    class NoTransitions(ShotDetector):
+        pass
+
+    with pytest.raises(TypeError):
+        NoTransitions()
+
+    class EveryFifth(ShotDetector):
+        def transitions(self, frames, fps):
+            return [(i, i) for i, _ in enumerate(frames) if i and i % 5 == 0]
+
+    assert EveryFifth().transitions(iter([np.zeros((2, 2, 3), np.uint8)] * 11), 25.0) == [(5, 5), (10, 10)]

@@ -64,3 +64,37 @@ def test_bad_policy_is_a_clear_error():
         ClipPolicy(min_sec=5, max_sec=2)
     with pytest.raises(ValueError, match="--trim-frames"):
         ClipPolicy(trim_frames=-1)
+
+
+def test_short_shots_join_the_shot_they_touch():
+    d = cfr(100)
+    cut = lambda *ks: [(k, k) for k in ks]  # noqa: E731
+    ranges = lambda spans, m: [(s.start_frame, s.end_frame) for s in spans_to_shots(spans, d, m)]  # noqa: E731
+    assert ranges(cut(1, 50), 4) == [(0, 50), (50, 100)]  # one opening frame: into the next shot
+    assert ranges(cut(1, 50), 1) == [(0, 1), (1, 50), (50, 100)]
+    assert ranges(cut(50, 97), 4) == [(0, 50), (50, 100)]  # a short last shot: into the previous one
+    assert ranges(cut(50, 51, 52), 4) == [(0, 50), (50, 100)]  # one-frame flickers: gathered into the next
+    assert ranges([(40, 40), (42, 60)], 4) == [(0, 42), (60, 100)]  # touches only the previous shot
+    assert ranges([(30, 40), (42, 60)], 4) == [(0, 30), (40, 42), (60, 100)]  # between two fades: stays
+    assert ranges([], 4) == [(0, 100)] and ranges([], 1000) == [(0, 100)]  # a whole short video stays
+
+
+def test_too_short_names_the_trim_that_made_a_shot_too_short():
+    from splitter.policy import explain_no_clips
+
+    d = cfr(200)
+    policy = ClipPolicy(min_sec=2.0, max_sec=20.0, trim_frames=1)
+    two_s = [shot(d, 0, 50), shot(d, 50, 80)]  # 2.00 s and 1.20 s: 1.92 s once trimmed
+    assert shots_to_clips(two_s, d, "v.mp4", "ab" * 32, policy) == []
+    assert explain_no_clips(two_s, d, policy) == ("too short: no clip of at least 2 s (2 shots; longest shot "
+                                                  "2.00 s, 1.92 s after trimming 1 frame at each edge "
+                                                  "< --min-sec 2)")
+    # shorter than --min-sec before any trimming: the trim is not blamed
+    assert explain_no_clips([shot(d, 50, 80)], d, policy) == ("too short: no clip of at least 2 s (1 shot; "
+                                                              "longest shot 1.20 s)")
+    one = cfr(1)
+    assert explain_no_clips([shot(one, 0, 1)], one, ClipPolicy(0.0, 20.0, 1)) == (
+        "too short: no clip of at least 0 s (1 shot; longest shot 0.04 s, nothing left after trimming 1 frame "
+        "at each edge)")
+    assert explain_no_clips(two_s, d, ClipPolicy(2.0, 20.0, 3)).endswith("1.76 s after trimming 3 frames at "
+                                                                          "each edge < --min-sec 2)")
