@@ -45,7 +45,7 @@ def stage_commands(raw: Path, work: Path, model: str, detector: str) -> dict:
                                    "--quiet"]),
         "index": (index_main, [str(work / "cap" / "clips.parquet"), "-o", str(work / "idx")]),
         "shards": (shards_main, [str(work / "cap" / "clips.parquet"), "-o", str(work / "shards"), "--index",
-                                 str(work / "idx")]),
+                                 str(work / "idx"), "--allow-flags", "all"]),  # tiny random captions: all flagged
     }
 
 

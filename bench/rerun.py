@@ -71,7 +71,8 @@ def commands(raw: Path, work: Path, model: str) -> list[tuple[str, list[str]]]:
         cap = work / "scored" / "clips.parquet"
     steps += [
         ("index", [str(exe / "index-clips"), str(cap), "-o", str(work / "idx"), "--quiet"]),
-        ("shards", [str(exe / "build-shards"), str(cap), "-o", str(work / "shards"), "--index", str(work / "idx")]),
+        ("shards", [str(exe / "build-shards"), str(cap), "-o", str(work / "shards"), "--index", str(work / "idx"),
+                    "--allow-flags", "all"]),  # a tiny random model's captions are all flagged
     ]
     return steps
 

@@ -28,7 +28,7 @@ from index.record import CORE_COLUMNS
 from index.video import clip_rate, cut_clips
 
 from .detectors import DEFAULT_DETECTOR, detect_shots_decoded, make_detector
-from .policy import ClipPolicy, shots_to_clips
+from .policy import ClipPolicy, explain_no_clips, shots_to_clips
 
 STAGE = "split"
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m2v", ".ts", ".mts",
@@ -111,10 +111,7 @@ class SplitStage(Stage):
             raise BadInput("out of memory while decoding") from None
         clips = shots_to_clips(shots, decoded, path, sha, self.policy)
         if not clips:
-            longest = max((decoded.end_time(s.end_frame) - decoded.end_time(s.start_frame) for s in shots),
-                          default=0.0)
-            raise BadInput(f"too short: no clip of at least {self.policy.min_sec:g} s "
-                           f"({len(shots)} shots, longest {longest:.2f} s)")
+            raise BadInput(explain_no_clips(shots, decoded, self.policy))
         rows = [c.to_dict() for c in clips]
         if self.clips_dir is not None:
             dsts = [Path(self.clips_dir, f"{c.clip_id}.mp4") for c in clips]

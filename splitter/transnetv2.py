@@ -140,7 +140,15 @@ class TransNetV2Detector(ShotDetector):
         if precision == "auto":
             precision = "bf16" if self.device == "cpu" and _native_bf16() else "fp32"
         self.precision = precision
-        self.model = load_model(self.device, fused=fused)
+        self.fused = fused
+        self._model = None
+
+    @property
+    def model(self):
+        """The network, loaded on first use: checking options (a re-run with nothing to split) loads nothing."""
+        if self._model is None:
+            self._model = load_model(self.device, fused=self.fused)
+        return self._model
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         return SIZE

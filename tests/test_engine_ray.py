@@ -195,7 +195,8 @@ def test_index_and_shards_on_ray_equal_local(captioned, tmp_path):
         assert index_main([str(manifest), "-o", str(tmp_path / f"idx_{engine}"), "--engine", engine,
                            "--workers", "2"]) == 0
         assert shards_main([str(manifest), "-o", str(tmp_path / f"shards_{engine}"), "--index",
-                            str(tmp_path / f"idx_{engine}"), "--engine", engine, "--workers", "2"]) == 0
+                            str(tmp_path / f"idx_{engine}"), "--engine", engine, "--workers", "2",
+                            "--allow-flags", "all"]) == 0  # a tiny random model's captions are all flagged
     a, b = tmp_path / "idx_local", tmp_path / "idx_ray"
     same_rows(read_manifest(a / "clips.parquet"), read_manifest(b / "clips.parquet"))
     for name in ("visual.npy", "text.npy"):
@@ -203,31 +204,7 @@ def test_index_and_shards_on_ray_equal_local(captioned, tmp_path):
     a, b = tmp_path / "shards_local", tmp_path / "shards_ray"
     tars = sorted(p.name for p in a.glob("*.tar"))
     assert tars and tars == sorted(p.name for p in b.glob("*.tar"))
-    for name in tars:  # same samples, same rows; the clips hold the same frames
-        sa, sb = _members(a / name), _members(b / name)
-        assert list(sa) == list(sb), name
-        for member in sa:
-            if member.endswith(".json"):
-                assert sa[member] == sb[member], member
-            else:
-                fa, fb = _frames(sa[member]), _frames(sb[member])
-                # libx264 output can drift by a grey level or two between runs (seen: 1.4); a clip shifted by one
-                # frame differs by 4 or more on these videos
-                assert fa.shape == fb.shape and np.abs(fa.astype(int) - fb.astype(int)).mean() < 2.5, member
+    for name in tars:  # the same bytes: cutting and encoding are deterministic, whatever process runs them
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
     pd.testing.assert_frame_equal(pd.read_parquet(a / "index.parquet"), pd.read_parquet(b / "index.parquet"))
 
-
-def _members(tar_path: Path) -> dict[str, bytes]:
-    import tarfile
-
-    with tarfile.open(tar_path) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-
-
-def _frames(mp4: bytes):
-    import io
-
-    from index.video import iter_frames
-
-    import numpy as np
-    return np.stack([f.image for f in iter_frames(io.BytesIO(mp4))])

@@ -48,7 +48,7 @@ def commands(work: Path, raw: Path, model: Path) -> dict[str, list[str]]:
                     "--model", str(model), *CAPTION],
         "index": [py, "-m", "index.dedup.cli", str(work / "cap" / "clips.parquet"), "-o", str(work / "idx")],
         "shards": [py, "-c", SHARDS_MAIN, str(work / "cap" / "clips.parquet"), "-o", str(work / "shards"),
-                   "--index", str(work / "idx"), "--shard-size", "40KB"],
+                   "--index", str(work / "idx"), "--shard-size", "40KB", "--allow-flags", "all"],
     }
 
 
