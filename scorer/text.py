@@ -4,7 +4,9 @@
 Detection only, with RapidOCR's text detector (PP-OCR DB detector, ONNX; its model ships inside the `rapidocr`
 wheel, nothing is downloaded), on up to MAX_FRAMES of the sampled frames at their 256-pixel short side, the
 detector's input capped at LIMIT pixels on the long side. RapidOCR's own defaults upscale every frame to a
-736-pixel short side first, which costs about 5x more and finds no more overlays at this scale.
+736-pixel short side first, which costs about 5x more and finds no more overlays at this scale. A box whose
+short side exceeds MAX_LINE of the frame's is dropped: the detector reads some colourful textures as one
+frame-sized "line" (seen at scores up to 0.9), while overlay text lines are far thinner.
 
 `text_static`: the pixels covered by text in at least STAY of the analysed frames cover at least half the
 median text area (a subtitle line whose words change still sits in one band; a sign passing in a pan does
@@ -24,6 +26,7 @@ from .base import ClipFrames, Scorer, spread
 MAX_FRAMES = 5
 LIMIT = 480  # the detector's input long side, at most
 STAY = 0.8
+MAX_LINE = 0.3  # a "text line" taller than this share of the frame's short side is texture, not text
 MIN_AREA = 0.001  # below this the clip has no text worth a static/moving verdict
 
 
@@ -42,9 +45,13 @@ class RapidOCRDetector:
         })
 
     def __call__(self, image: np.ndarray) -> list[np.ndarray]:
+        import cv2
+
         out = self.engine(np.ascontiguousarray(image[..., ::-1]), use_det=True, use_cls=False, use_rec=False)
         boxes = getattr(out, "boxes", None)
-        return [] if boxes is None else [np.asarray(b, np.float32) for b in boxes]
+        tallest = MAX_LINE * min(image.shape[:2])
+        boxes = [np.asarray(b, np.float32) for b in ([] if boxes is None else boxes)]
+        return [b for b in boxes if min(cv2.minAreaRect(b)[1]) <= tallest]
 
 
 def box_mask(boxes: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
