@@ -70,6 +70,9 @@ def hub_file(repo: str, filename: str, download: bool = True) -> str | None:
 
 def load_pretrained(cls, model_id: str, **kw):
     """`cls.from_pretrained` reading only the local cache when offline; a failure is one ModelError line."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a bar per weight file, in every worker, says nothing to a user
     try:
         return cls.from_pretrained(str(model_id), local_files_only=local_only(str(model_id)), **kw)
     except (OSError, ValueError) as e:
