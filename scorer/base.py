@@ -4,8 +4,9 @@ One sequential decode of a source serves all its clips (`scorer.stage`). For eac
 sampled at `--sample-fps`, decoded straight to a 256-pixel short side by the decoder's scaler, and for each
 sampled frame the frame right after it: optical flow is measured over that one-frame step, so `motion` is in
 pixels per frame by construction and a fast pan (50 px between two samples half a second apart) never
-exceeds what a flow pyramid can follow. Every scorer reads these same arrays; flow and luma are computed
-once, on first use, and shared (`motion` and `camera_motion` read the same flow field).
+exceeds what a flow pyramid can follow. Every scorer reads these same arrays; flow, luma and the mask of
+textured pixels (where motion is observable) are computed once, on first use, and shared (`motion` and
+`camera_motion` read the same flow field).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 SHORT_SIDE = 256  # every frame-based score is defined at this short side (motion in px/frame at 256)
+TEXTURE = 10.0  # smoothed Sobel gradient magnitude of luma above which a pixel's motion can be seen
 
 
 def decode_size(width: int, height: int, short: int = SHORT_SIDE) -> tuple[int, int]:
@@ -34,6 +36,17 @@ def luma(images: np.ndarray) -> np.ndarray:
     if not len(images):
         return np.zeros(images.shape[:3], np.uint8)
     return np.stack([cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY) for im in images])
+
+
+def textured(gray: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels with enough local contrast for their motion to be observable. Flow in flat areas
+    (sky, a white road, a wall) is a guess: DIS fills it in from the neighbours, so one bike crossing a white
+    road would move the whole road."""
+    import cv2
+
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1)
+    return cv2.GaussianBlur(cv2.magnitude(gx, gy), (0, 0), 2.0) > TEXTURE
 
 
 def spread(n: int, k: int) -> list[int]:
@@ -72,6 +85,12 @@ class ClipFrames:
         if not len(self.pair_of):
             return np.zeros((0, *self.frames.shape[1:3], 2), np.float32)
         return self.flow_fn(self.luma[self.pair_of], luma(self.after))
+
+    @cached_property
+    def flow_mask(self) -> np.ndarray:
+        """(P, H, W) bool: where each pair's flow is observable (`textured` in its first frame)."""
+        return np.stack([textured(g) for g in self.luma[self.pair_of]]) if len(self.pair_of) else \
+            np.zeros((0, *self.frames.shape[1:3]), bool)
 
     def key_frames(self, k: int = 3) -> np.ndarray:
         """First, middle and last sampled frames (k = 3), as model-based scorers read them."""

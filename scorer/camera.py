@@ -1,7 +1,8 @@
 """`camera_motion`: what the camera does, named from the flow field.
 
-Each flow pair (see `scorer.flow`) is fitted with a global camera model, robustly (least squares, then again
-on the better-fitting half of the pixels, so a moving object does not pull the fit):
+Each flow pair (see `scorer.flow`) is fitted with a global camera model over the pixels whose motion is
+observable (`base.textured`), robustly (least squares, then again on the better-fitting half of them, so a
+moving object does not pull the fit):
 
     u = tx + s * x - r * y        (x, y: pixel position from the frame centre)
     v = ty + s * y + r * x
@@ -30,18 +31,25 @@ from .base import ClipFrames, Scorer
 LABELS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "shaky", "mixed")
 STATIC = 0.25  # px/frame at the 256 short side: the median pixel of a still shot moves less
 MAJORITY = 0.6
+MIN_TEXTURE = 0.02  # share of observable pixels under which a pair counts as static
 STEP = 8  # fit on every 8th pixel in each direction
 
 
-def fit_camera(flow: np.ndarray) -> dict:
-    """One (H, W, 2) flow field -> {label, tx, ty, zoom, residual} (pixels per frame)."""
+def fit_camera(flow: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """One (H, W, 2) flow field -> {label, tx, ty, zoom, residual} (pixels per frame). `mask`: the pixels
+    whose flow is observable (`base.textured`); the others are left out."""
     h, w = flow.shape[:2]
-    mag = np.sqrt((flow.astype(np.float64) ** 2).sum(axis=-1))
+    still = {"label": "static", "tx": 0.0, "ty": 0.0, "zoom": 0.0, "residual": 0.0}
+    seen = np.ones((h, w), bool) if mask is None else mask
+    if seen.mean() < MIN_TEXTURE:
+        return still  # (almost) nothing to see move
+    mag = np.sqrt((flow[seen].astype(np.float64) ** 2).sum(axis=-1))
     if float(np.median(mag)) < STATIC:
-        return {"label": "static", "tx": 0.0, "ty": 0.0, "zoom": 0.0, "residual": 0.0}
-    ys, xs = np.mgrid[0:h:STEP, 0:w:STEP].astype(np.float64)
-    x, y = xs.ravel() - (w - 1) / 2, ys.ravel() - (h - 1) / 2
-    u, v = (flow[::STEP, ::STEP, c].astype(np.float64).ravel() for c in (0, 1))
+        return still
+    ys, xs = np.mgrid[0:h:STEP, 0:w:STEP]
+    sel = seen[::STEP, ::STEP].ravel()
+    x, y = xs.ravel()[sel] - (w - 1) / 2, ys.ravel()[sel] - (h - 1) / 2
+    u, v = (flow[::STEP, ::STEP, c].astype(np.float64).ravel()[sel] for c in (0, 1))
     one, zero = np.ones_like(x), np.zeros_like(x)
     a = np.concatenate([np.stack([one, zero, x, -y], 1), np.stack([zero, one, y, x], 1)])  # (2N, 4)
     b = np.concatenate([u, v])
@@ -87,4 +95,4 @@ class CameraMotionScorer(Scorer):
     needs_flow = True
 
     def score(self, clip: ClipFrames) -> dict:
-        return {"camera_motion": clip_label([fit_camera(f) for f in clip.flows])}
+        return {"camera_motion": clip_label([fit_camera(f, m) for f, m in zip(clip.flows, clip.flow_mask)])}
