@@ -140,7 +140,9 @@ class ScoreStage(Stage):
         out = join_columns(self.df, parts, self.columns)
         # failures of clips still without scores (a clip retried with success since is not reported)
         _, fails = store.merge(ids=ids - set(out["clip_id"]))
-        failures = sorted(self.failures + fails, key=lambda r: (r["path"], r["stage"], r["reason"]))
+        # a clip retried in vain fails again under its new unit's key: the same record, listed once
+        failures = sorted({(r["path"], r["stage"], r["reason"]): r for r in self.failures + fails}.items())
+        failures = [r for _, r in failures]
         write_manifest(out, self.out_dir / "clips.parquet")
         write_failed(self.out_dir, failures)
         return out, failures

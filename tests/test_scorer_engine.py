@@ -100,6 +100,17 @@ def test_a_rerun_changes_nothing(corpus, reference, tmp_path):
     assert sorted(p.name for p in (out / ".parts" / "score").iterdir()) == parts
 
 
+def test_retry_failed_tries_the_failures_again_and_lists_each_once(corpus, reference, tmp_path):
+    out = tmp_path / "retry"
+    shutil.copytree(reference, out)
+    parts = out / ".parts" / "score"
+    failed_before = sorted(p.name for p in parts.glob("*.failed.json"))
+    assert score(corpus / "clips.parquet", out, "--retry-failed") == 0
+    assert read_failed(out) == read_failed(reference)
+    assert len(sorted(p.name for p in parts.glob("*.failed.json"))) > len(failed_before)  # they were tried again
+    pd.testing.assert_frame_equal(read_manifest(out / "clips.parquet"), read_manifest(reference / "clips.parquet"))
+
+
 def test_other_options_in_the_same_folder_are_refused(corpus, reference, tmp_path, capsys):
     out = tmp_path / "other"
     shutil.copytree(reference, out)
