@@ -1,5 +1,5 @@
-"""`score-clips MANIFEST -o OUT_DIR`: measure every clip's quality (motion, camera motion, sharpness, brightness,
-on-screen text, bits per pixel; aesthetic, caption match and NSFW with models).
+"""`score-clips MANIFEST -o OUT_DIR`: measure every clip's quality (motion, camera motion, sharpness,
+brightness, on-screen text, bits per pixel; aesthetic, caption match and NSFW with models).
 
 Writes OUT_DIR/clips.parquet (the input rows plus the score columns) and OUT_DIR/failed.jsonl. Each source
 video is decoded once for all its clips. Re-running the same command finishes what is missing and changes
@@ -32,31 +32,43 @@ from .stage import STAGE, ScoreStage
 PROG = "score-clips"
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where there is one to show (not for flags, nor where the help already says it)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, formatter_class=_Help,
+                                description="Measure every clip's quality: motion, camera motion, sharpness, "
+                                            "brightness, on-screen text, bits per pixel; aesthetic, caption "
+                                            "match and NSFW with models. One decode per source video.")
     p.add_argument("manifest", help="clips manifest (.parquet/.jsonl/.csv) from split-videos or caption-videos")
-    p.add_argument("-o", "--out", required=True, help="output folder (clips.parquet, failed.jsonl)")
-    p.add_argument("--scorers", default="default",
+    p.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="output folder (clips.parquet, failed.jsonl)")
+    p.add_argument("--scorers", default="default", metavar="LIST",
                    help=f"comma list of scorers or their columns ({', '.join(SCORERS)}), 'all', or 'default': "
                         f"{', '.join(OFFLINE)}, plus {', '.join(MODEL_BASED[:2])} when their models are in the "
                         "local cache (nsfw only when asked)")
-    p.add_argument("--sample-fps", type=float, default=2.0,
+    p.add_argument("--sample-fps", type=float, default=2.0, metavar="F",
                    help="frames per second sampled from each clip (at least 3 frames per clip)")
-    p.add_argument("--aesthetic-model", default=AESTHETIC_MODEL,
+    p.add_argument("--aesthetic-model", default=AESTHETIC_MODEL, metavar="ID",
                    help="CLIP ViT-L/14 model (hub id or folder) whose image embeddings feed the aesthetic MLP")
-    p.add_argument("--aesthetic-head", default="auto",
+    p.add_argument("--aesthetic-head", default="auto", metavar="FILE",
                    help="the aesthetic MLP weights (sac+logos+ava1-l14-linearMSE.pth): a file, owner/repo/file "
                         "on the hub, or auto (a head file in the model folder, else the public copy on the hub)")
-    p.add_argument("--match-model", default=MATCH_MODEL, help="CLIP or SigLIP model for text_match")
-    p.add_argument("--nsfw-model", default=None,
-                   help=f"image classifier for nsfw; giving it turns nsfw on (default model: {NSFW_MODEL})")
-    p.add_argument("--flow-model", default=None,
+    p.add_argument("--match-model", default=MATCH_MODEL, metavar="ID", help="CLIP or SigLIP model for text_match")
+    p.add_argument("--nsfw-model", default=None, metavar="ID",
+                   help=f"image classifier for nsfw; giving it turns nsfw on (with --scorers ...,nsfw or all and "
+                        f"no --nsfw-model: {NSFW_MODEL})")
+    p.add_argument("--flow-model", default=None, metavar="FILE",
                    help="torchvision RAFT weights (.pth state dict) for motion and camera_motion instead of "
                         "OpenCV DIS flow")
-    p.add_argument("--device", default=None, help="device for model scorers: cuda, cuda:1, cpu (default: cuda "
-                                                  "when available)")
-    p.add_argument("--batch-size", type=int, default=32, help="frames per model forward pass")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="device for model scorers: cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="frames per model forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     add_retry_arg(p)
     add_engine_args(p, "source videos")

@@ -2,7 +2,8 @@
 
 `--scorers default` (the default): every offline scorer, plus `aesthetic` and `text_match` when their models
 are already in the local cache (and, for text_match, the manifest has captions). `--scorers all`: every
-scorer, nsfw included (text_match where the manifest has captions). A list names scorers or any of their columns (`black_frac` means `brightness`).
+scorer, nsfw included (text_match where the manifest has captions). A list names scorers or any of their
+columns (`black_frac` means `brightness`).
 """
 
 from __future__ import annotations
