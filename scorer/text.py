@@ -4,9 +4,9 @@
 Detection only, with RapidOCR's text detector (PP-OCR DB detector, ONNX; its model ships inside the `rapidocr`
 wheel, nothing is downloaded), on up to MAX_FRAMES of the sampled frames at their 256-pixel short side, the
 detector's input capped at LIMIT pixels on the long side. RapidOCR's own defaults upscale every frame to a
-736-pixel short side first, which costs about 5x more and finds no more overlays at this scale. A box whose
-short side exceeds MAX_LINE of the frame's is dropped: the detector reads some colourful textures as one
-frame-sized "line" (seen at scores up to 0.9), while overlay text lines are far thinner.
+736-pixel short side first: about 5x the time on a subtitled 320x256 frame, for the same one line found.
+A box whose short side exceeds MAX_LINE of the frame's is dropped: the detector reads some colourful
+textures as one frame-sized "line" (seen at scores up to 0.9), while overlay text lines are far thinner.
 
 `text_static`: the pixels covered by text in at least STAY of the analysed frames cover at least half the
 median text area (a subtitle line whose words change still sits in one band; a sign passing in a pan does
