@@ -57,6 +57,18 @@ STAGE_COLUMNS: dict[str, str] = {
     "caption_flags": "string",  # comma-separated failed checks after one retry; "" when the caption passed
     "caption_retries": "int",
     "frame_times": "list",
+    "motion": "float",  # score-clips: mean optical flow, px/frame at a 256-pixel short side
+    "motion_max": "float",
+    "camera_motion": "string",  # static, pan_left, pan_right, tilt_up, tilt_down, zoom_in, zoom_out, shaky, mixed
+    "sharpness": "float",  # variance of the Laplacian of luma at a 256-pixel short side
+    "brightness": "float",  # median mean luma, 0-255
+    "black_frac": "float",  # fraction of sampled frames that are near black
+    "text_area": "float",  # median fraction of the frame covered by text boxes
+    "text_static": "bool",  # text stays in place (subtitles, logos, watermarks)
+    "bpp": "float",  # bits per pixel of the source stream over the clip
+    "aesthetic": "float",  # LAION improved aesthetic predictor, 1-10
+    "text_match": "float",  # caption-frames cosine similarity (CLIP/SigLIP)
+    "nsfw": "float",  # probability, 0-1
     "dup_group": "int",
     "keep": "bool",
 }
