@@ -376,11 +376,12 @@ class PartStore:
             df = df.sort_values(order, kind="stable")
         df = df.reset_index(drop=True)
         fails = []
+        done = set(df["clip_id"]) if ids is not None and len(df) else set()
         for stem, rec in self._failures():
             if not (keys is None or stem in keys or stem.rsplit("-", 1)[0] in keys):
                 continue
-            if ids is not None and rec.get("ids") and not set(rec["ids"]) & ids:
-                continue
+            if ids is not None and rec.get("ids") and not (set(rec["ids"]) & ids) - done:
+                continue  # none of its clips is wanted, or they all succeeded since (a retry, another clip set)
             fails.append({k: v for k, v in rec.items() if k != "ids"})
         fails.sort(key=lambda r: (r["path"], r["reason"]))
         return df, fails

@@ -125,3 +125,13 @@ def test_hand_edited_numbers_and_booleans_are_read_or_refused(tmp_path):
     df["caption_tokens"], df["keep"] = [1, 2], ["yes", "maybe"]
     with pytest.raises(ManifestError, match="keep holds 'maybe'"):
         read_manifest(export_manifest(df, tmp_path / "bad.csv"))
+
+
+def test_a_clip_that_failed_then_succeeded_in_another_clip_set_is_not_listed_as_failed(tmp_path):
+    store = PartStore(tmp_path, "caption")
+    store.fail("set1", "raw/a.mp4", "worker process died", ids=["c1", "c2"])
+    store.write("set2", pd.DataFrame({"clip_id": ["c1", "c2"], "caption": ["x", "y"]}))  # --retry-failed did them
+    store.fail("set3", "raw/b.mp4", "zero-byte file", ids=["c3"])
+    df, fails = store.merge(sort_by=("clip_id",), ids={"c1", "c2", "c3"})
+    assert df["clip_id"].tolist() == ["c1", "c2"]
+    assert fails == [{"path": "raw/b.mp4", "stage": "caption", "reason": "zero-byte file"}]
