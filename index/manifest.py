@@ -22,6 +22,7 @@ from .record import CORE_COLUMNS, SCHEMA_VERSION, STAGE_COLUMNS
 
 META_KEY = b"shotcap.schema_version"
 FAILED_NAME = "failed.jsonl"
+PROVENANCE_NAME = "provenance.json"
 # Columns anyone may add without registering them (scores, user metadata).
 FREE_PREFIXES = ("score_", "meta_", "x_")
 
@@ -282,6 +283,26 @@ def read_failed(out_dir) -> list[dict]:
     return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def write_provenance(out_dir, stage: str, options: dict, source=None) -> Path:
+    """OUT_DIR/provenance.json: the steps that made this folder's manifest, in order (the input folder's steps,
+    then this one: stage, output folder, options), so a data card can say how its data was made."""
+    steps = read_provenance(source) if source is not None else []
+    out = str(Path(out_dir).resolve())
+    steps = [s for s in steps if s.get("out") != out]  # a re-run into the same folder replaces its own step
+    steps.append({"stage": stage, "out": out, "options": options})
+    return atomic_write_text(Path(out_dir) / PROVENANCE_NAME, json.dumps({"steps": steps}, indent=2, default=str))
+
+
+def read_provenance(source) -> list[dict]:
+    """The steps recorded beside a manifest (a manifest file or its folder); [] when none were."""
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    try:
+        steps = json.loads((folder / PROVENANCE_NAME).read_text(encoding="utf-8"))["steps"]
+        return [s for s in steps if isinstance(s, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 # ---------------------------------------------------------------- resumable parts
 
 class PartStore:
@@ -395,5 +416,6 @@ def _dataset(files: list[Path], columns=None) -> pa.Table:
     schemas = [pq.read_schema(f).remove_metadata() for f in files]
     schema = schemas[0] if all(s == schemas[0] for s in schemas) else pa.unify_schemas(
         schemas, promote_options="permissive")
-    return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(columns=columns,
-                                                                                         use_threads=True)
+    # pre_buffer off: parts are small, and buffering each whole file ahead only raised the peak memory (measured)
+    fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False))
+    return ds.dataset([str(f) for f in files], schema=schema, format=fmt).to_table(columns=columns, use_threads=True)

@@ -18,7 +18,8 @@ import pandas as pd
 
 from index.engine import EngineError, add_engine_args, options_from_args, run_stage
 from index.files import HashCache, OutputLock, command_line, remove_own_temps
-from index.manifest import ManifestError, PartStore, add_retry_arg, check_sources, load_manifest, run_cli
+from index.manifest import (ManifestError, PartStore, add_retry_arg, check_sources, load_manifest, run_cli,
+                            write_provenance)
 
 from .aesthetic import DEFAULT_MODEL as AESTHETIC_MODEL
 from .base import SHORT_SIDE
@@ -145,6 +146,7 @@ def _main(argv=None) -> int:
         except (ManifestError, EngineError) as e:  # a folder holding another run's parts, no Ray cluster
             return _error(e)
         out, failures = stage.merge(store)
+        write_provenance(out_dir, STAGE, config, source=manifest)
     scored = set(out["clip_id"])
     counts = {"now": len(scored - done_before), "before": len(scored & done_before),
               "failed": rows - len(scored)}

@@ -23,7 +23,7 @@ import pandas as pd
 
 from index.engine import BadInput, EngineOptions, Output, Stage, Unit, UsageError, run_stage
 from index.files import HashCache, OutputLock, atomic_write_text, command_line
-from index.manifest import PartStore, display_path, failure, write_failed, write_manifest
+from index.manifest import PartStore, display_path, failure, write_failed, write_manifest, write_provenance
 from index.record import CORE_COLUMNS
 from index.video import clip_rate, cut_clips
 
@@ -169,6 +169,7 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
         df, failures = stage.merge(store)
         write_manifest(df, out / CLIPS_NAME)
         write_failed(out, failures)
+        write_provenance(out, STAGE, {**config, "raw_dir": str(raw.resolve())})
         atomic_write_text(out / COPIES_NAME, "".join(json.dumps({**c, "path": display_path(c["path"])},
                                                                 ensure_ascii=False) + "\n" for c in sources.copies))
     if summary is not None:

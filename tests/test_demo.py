@@ -19,7 +19,14 @@ def test_demo_runs_every_stage(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     clips = pd.read_parquet(out / "captioned" / "clips.parquet")
     assert len(clips) >= 2 and clips.caption.notna().all()
-    assert (out / "shards" / "index.parquet").exists() and list((out / "shards").glob("*.tar"))
-    assert (out / "shards" / "DATA_CARD.md").read_text().startswith("---")
+    scored = pd.read_parquet(out / "scored" / "clips.parquet")
+    assert len(scored) == len(clips) and scored["motion"].notna().all() and scored["camera_motion"].notna().all()
+    shipped = pd.read_parquet(out / "shards" / "index.parquet")
+    assert len(shipped) >= 1 and list((out / "shards").glob("*.tar"))
+    assert (shipped["black_frac"] < 0.5).all() and (shipped["text_area"] < 0.02).all()  # the demo's --where
+    assert shipped["motion"].min() >= scored["motion"].quantile(0.2) - 1e-9  # and its --keep-top motion:0.8
+    card = (out / "shards" / "DATA_CARD.md").read_text()
+    assert card.startswith("---") and "black_frac < 0.5" in card and "top 80% by motion" in card
+    assert (out / "review" / "index.html").exists()
     assert (out / "sample.mp4").stat().st_size > 0
-    assert "sample video" in r.stdout
+    assert "sample video" in r.stdout and "--prompt 'a blue circle moving right'" in r.stdout

@@ -29,7 +29,7 @@ from ..engine import (BadInput, EngineOptions, Output, Stage, Unit, UsageError, 
 from ..files import HashCache, OutputLock, atomic_write_bytes, atomic_write_text, command_line, file_sha256
 from ..files import remove_own_temps
 from ..manifest import (ManifestError, PartStore, add_retry_arg, check_sources, clip_set_units, load_manifest,
-                        read_manifest, run_cli, write_failed, write_manifest)
+                        read_manifest, run_cli, write_failed, write_manifest, write_provenance)
 from ..video import iter_frames, sample_indices
 
 STAGE = "embed"
@@ -84,7 +84,7 @@ class EmbedStage(Stage):
         self.refreshed = 0  # parts rewritten because their clips' captions changed
 
     def models(self) -> tuple:
-        if self._models is None:
+        if getattr(self, "_models", None) is None:  # a worker gets the stage without the driver's models
             image_model, text_model, num_frames, trust = self.spec
             self._models = (make_visual_embedder(image_model, num_frames=num_frames, trust_remote_code=trust),
                             TextEmbedder(text_model))
@@ -180,6 +180,7 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
         meta = _finish_index(stage, manifest_path, index_dir, visual, text, batches, threshold, method, index_kind,
                              failures)
         atomic_write_text(meta_path, json.dumps({**meta, "state": state}, indent=2, default=str))
+        write_provenance(index_dir, STAGE, {**config, "threshold": threshold, "method": method}, source=manifest_path)
         return meta
 
 

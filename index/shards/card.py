@@ -4,8 +4,9 @@ step dropped, the format's files, and figures under SHARDS_DIR/card/.
 The front matter is built with huggingface_hub's `DatasetCardData` and the finished text is parsed back with
 `DatasetCard` (a card the Hub would refuse to read fails the build instead). The body comes from
 `data_cards/TEMPLATE.md` (`$name` placeholders, string.Template). Provenance is read from the input manifest's
-folder: the split-videos options (`.parts/split/config.json`) and the sources that failed upstream
-(`failed.jsonl`); the caption model and prompt from the manifest's own columns; dedup from the index.
+`provenance.json` (every step that made it: the split-videos options, and each step's folder, whose
+`failed.jsonl` lists what failed upstream); the caption model and prompt from the manifest's own columns; dedup
+from the index.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..files import atomic_write_bytes, atomic_write_text
-from ..manifest import read_failed
+from ..manifest import read_failed, read_provenance
 from . import plots
 from .select import hours
 
@@ -68,21 +69,26 @@ def score_columns(df: pd.DataFrame) -> list[str]:
 
 
 def _provenance(manifest) -> tuple[str, list[tuple]]:
-    """The shot detector (from the split run beside the manifest) and the upstream failures by stage and reason."""
+    """The shot detector and clip rules (from the split step the manifest's provenance.json names) and the
+    failures of every step that made the manifest, by stage and reason."""
     if manifest is None:
         return "not recorded (no manifest path)", []
-    folder = Path(manifest).resolve().parent
-    detector = "not recorded (the manifest's folder holds no split-videos run)"
-    cfg = folder / ".parts" / "split" / "config.json"
-    if cfg.is_file():
-        try:
-            c = json.loads(cfg.read_text())
-            opts = ", ".join(f"{k}={v}" for k, v in sorted((c.get("detector_options") or {}).items()))
-            rules = ", ".join(f"{k}={c[k]}" for k in ("min_sec", "max_sec", "trim_frames") if k in c)
-            detector = f"`{c.get('detector')}`" + (f" ({opts})" if opts else "") + (f"; clip rules: {rules}" if rules else "")
-        except (OSError, ValueError, AttributeError):
-            pass
-    upstream = Counter((f.get("stage", "?"), _reason(f.get("reason", ""))) for f in read_failed(folder))
+    steps = read_provenance(manifest)
+    folders = [Path(s["out"]) for s in steps if s.get("out")] or [Path(manifest).resolve().parent]
+    detector = "not recorded (the manifest has no provenance.json naming a split-videos run)"
+    split = next((s.get("options") or {} for s in steps if s.get("stage") == "split"), None)
+    if split is not None:
+        opts = ", ".join(f"{k}={v}" for k, v in sorted((split.get("detector_options") or {}).items()))
+        rules = ", ".join(f"{k}={split[k]}" for k in ("min_sec", "max_sec", "trim_frames") if k in split)
+        detector = (f"`{split.get('detector')}`" + (f" ({opts})" if opts else "")
+                    + (f"; clip rules: {rules}" if rules else ""))
+    seen, upstream = set(), Counter()
+    for folder in folders:
+        for f in read_failed(folder):
+            key = (f.get("path"), f.get("stage"), f.get("reason"))
+            if key not in seen:  # caption-videos given a folder repeats the split's failures
+                seen.add(key)
+                upstream[(f.get("stage", "?"), _reason(f.get("reason", "")))] += 1
     return detector, [(stage, why, n) for (stage, why), n in sorted(upstream.items(), key=lambda x: (x[0][0], -x[1]))]
 
 
