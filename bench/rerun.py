@@ -2,8 +2,8 @@
 
     python bench/rerun.py [--gb 2.0] [--videos 8] [--size 1280x720] [--work-dir DIR] [--repeats 3]
 
-Writes a corpus of at least `--gb` GB (synthetic shots with cuts, plus grain that keeps the bitrate of real
-high-quality footage: lossless H.264), then runs the commands a user types, each as its own process:
+Writes a corpus of at least `--gb` GB (synthetic shots with cuts plus film grain, H.264 at CRF 18: the bytes
+per frame of high-quality 720p footage), then runs the commands a user types, each as its own process:
 split-videos (TransNetV2), caption-videos (a tiny random Qwen2-VL), score-clips (when installed), index-clips
 and build-shards. Then it runs every command again on the same folders, `--repeats` times: a re-run with
 nothing to do must not read the corpus again (source hashes are cached by file identity, parts are skipped).
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_corpus(raw: Path, gb: float, videos: int, size: tuple[int, int]) -> int:
-    """Lossless grainy videos with cuts until the corpus holds `gb` GB; returns its bytes."""
+    """Grainy H.264 videos with cuts until the corpus holds `gb` GB; returns its bytes."""
     import av
     import numpy as np
 
@@ -40,13 +40,13 @@ def make_corpus(raw: Path, gb: float, videos: int, size: tuple[int, int]) -> int
     for v in range(videos):
         path = raw / f"take_{v:02d}.mp4"
         with av.open(str(path), "w") as out:
-            stream = out.add_stream("libx264", rate=25, options={"crf": "0", "preset": "ultrafast"})
-            stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv444p"
+            stream = out.add_stream("libx264", rate=25, options={"crf": "18", "preset": "ultrafast"})
+            stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
             k, written = 0, 0
             while written < per_video:
                 frames, _ = synth.render([synth.ShotSpec(60, seed=1000 * v + k)], size=size)
                 for img in frames:  # grain: real footage's noise, which is what makes real corpora big
-                    grain = rng.integers(-24, 25, size=img.shape, dtype=np.int16)
+                    grain = rng.integers(-10, 11, size=img.shape, dtype=np.int16)
                     noisy = np.clip(img.astype(np.int16) + grain, 0, 255).astype(np.uint8)
                     for packet in stream.encode(av.VideoFrame.from_ndarray(noisy, format="rgb24")):
                         written += packet.size

@@ -94,15 +94,17 @@ def print_summary(counts: dict, failures, out_path: Path, timings: dict) -> None
         print(f"  ... {len(failures) - 10} more in {out_path.parent / 'failed.jsonl'}", file=sys.stderr)
 
 
-def build_captioner(args, spec, prompt, policy, load: bool = True) -> Captioner:
+def build_captioner(args, spec, prompt, policy, load: str | None = "model") -> Captioner:
+    """The captioner with its model loaded (`load="model"`: a worker), with the processor alone (`"processor"`:
+    frame sizes for the Ray decode tasks), or with nothing loaded (`None`: the driver's options and provenance)."""
     backend = make_backend(args.backend, spec, batch_size=args.batch_size, device=args.device,
                            trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels)
-    if load:
+    if load == "model":
         backend = backend.load()
-    elif hasattr(backend, "processor"):  # frame sizes for decoding without the model (Ray decode tasks)
+    elif load == "processor" and hasattr(backend, "processor"):
         from transformers import AutoProcessor
 
-        from .models import ensure_available, missing_weights_message
+        from .models import missing_weights_message
 
         ensure_available(spec)
         try:
@@ -113,7 +115,8 @@ def build_captioner(args, spec, prompt, policy, load: bool = True) -> Captioner:
     if args.two_pass:
         from .twopass import TwoPass
 
-        two_pass = TwoPass.create(backend, args.summary_model, trust_remote_code=args.trust_remote_code, load=load)
+        two_pass = TwoPass.create(backend, args.summary_model, trust_remote_code=args.trust_remote_code,
+                                  load=load == "model")
     return Captioner(backend, prompt, policy, args.max_new_tokens, two_pass=two_pass)
 
 
@@ -162,7 +165,7 @@ def _caption(args, spec, prompt, policy, engine, df, input_failures, input_dir, 
     with HashCache(out_dir, also=[input_dir], rehash=args.rehash) as hashes:
         df, source_failures = check_sources(df, hashes, "caption")
     remote = engine.engine == "ray"
-    captioner = build_captioner(args, spec, prompt, policy, load=False)
+    captioner = build_captioner(args, spec, prompt, policy, load=None)
     store = PartStore(out_dir, stage_name(captioner.model_id, captioner.prompt_id), captioner.config(),
                       args.retry_failed)
     build = partial(build_captioner, args, spec, prompt, policy)

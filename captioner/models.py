@@ -54,10 +54,12 @@ MODEL_TYPES = {
 
 
 def _transformers_has(family: str) -> bool:
+    needed = {"qwen3-vl": "Qwen3VLForConditionalGeneration"}.get(family)
+    if needed is None:  # importing transformers costs seconds (it imports torch): only when there is a question
+        return True
     import transformers
 
-    needed = {"qwen3-vl": "Qwen3VLForConditionalGeneration"}.get(family)
-    return needed is None or hasattr(transformers, needed)
+    return hasattr(transformers, needed)
 
 
 def _family_from_id(model_id: str) -> str:

@@ -180,8 +180,8 @@ _CAPTIONERS: dict = {}
 
 
 class CaptionStage(Stage):
-    """`build(load: bool) -> Captioner` makes the captioner: with the model (`load=True`, once per worker) or with
-    the processor alone (frame sizes for the Ray decode tasks). `df`: the clips to caption (range-checked rows
+    """`build(load) -> Captioner` makes the captioner: with the model (`load="model"`, once per worker) or with
+    the processor alone (`"processor"`: frame sizes for the Ray decode tasks). `df`: the clips to caption (range-checked rows
     of sources that still hold their content)."""
 
     name = "caption"
@@ -203,7 +203,7 @@ class CaptionStage(Stage):
         return clip_set_units(self.df[~self.already.to_numpy()], self.store)
 
     def load(self) -> Captioner:
-        self.loaded = self.build(True)  # in this process (--workers 1), the driver reads its timings afterwards
+        self.loaded = self.build("model")  # in this process (--workers 1), the driver reads its timings afterwards
         return self.loaded
 
     def timings(self) -> dict:
@@ -212,7 +212,7 @@ class CaptionStage(Stage):
         return {k: v for k, v in loaded.backend.stats.items() if k.endswith("_s")} if loaded is not None else {}
 
     def prepare(self, unit: Unit) -> Unit:
-        decoder = _model_captioner(lambda: self.build(False), self.decoder_key)
+        decoder = _model_captioner(lambda: self.build("processor"), self.decoder_key)
         if len(unit.data) > decoder.chunk_clips:  # a long source streams chunk by chunk in the actor instead
             return unit
         frames = load_clip_frames(unit.path, unit.data, decoder.policy, decoder.backend.frame_size,

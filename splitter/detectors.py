@@ -7,11 +7,17 @@ from typing import Callable
 
 from .base import Decoded, Shot, ShotDetector
 from .pyscenedetect import LIBRARY, PySceneDetect
-from .transnetv2 import TransNetV2Detector
+
+
+def _transnetv2(**options) -> ShotDetector:
+    from .transnetv2 import TransNetV2Detector  # torch is imported when TransNetV2 is asked for, not before
+
+    return TransNetV2Detector(**options)
+
 
 # name -> constructor taking the detector's options (every one takes `min_shot_frames`, see base.py)
 DETECTORS: dict[str, Callable[..., ShotDetector]] = {
-    "transnetv2": TransNetV2Detector,
+    "transnetv2": _transnetv2,
     **{name: partial(PySceneDetect, name) for name in LIBRARY},  # adaptive, content, histogram, hash
 }
 DEFAULT_DETECTOR = "transnetv2"

@@ -146,6 +146,10 @@ def test_usage_errors_are_one_line(synth_manifest, tmp_path, capsys, monkeypatch
     assert main([str(manifest), "-o", str(tmp_path), "--model", "qwen-vl", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "Qwen/Qwen2.5-VL-7B-Instruct" in err and "hf download" in err and len(err.strip().splitlines()) == 1
+    assert "default" not in err  # the user named this model
+    assert main([str(manifest), "-o", str(tmp_path), "--quiet"]) == 2  # no --model: the error says it is the default
+    err = capsys.readouterr().err
+    assert "no --model given, so the default qwen-vl is used" in err and "hf download" in err
     from trainer.testing import make_tiny_t5  # a real model folder, but not a video-language model
 
     t5 = make_tiny_t5(str(tmp_path / "t5"))
@@ -315,3 +319,15 @@ def test_a_nan_fps_row_with_sample_fps_fails_alone(synth_manifest, tiny_qwen25, 
     assert len(got) == len(df) - 1 and got["frame_times"].map(lambda t: all(x == x for x in t)).all()
     [failed] = read_failed(tmp_path / "out")
     assert "fps is nan, must be a positive number" in failed["reason"]
+
+
+def test_a_folder_input_shows_the_split_failures_and_says_why_nothing_is_left(tmp_path, tiny_qwen25, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "broken.mp4").write_bytes(b"not a video at all")
+    assert main([str(raw), "-o", str(tmp_path / "out") + "/", "--model", str(tiny_qwen25), *FAST,
+                 "--detector", "content"]) == 1
+    err = capsys.readouterr().err
+    assert f"failed: {raw / 'broken.mp4'}: not a readable video" in err
+    assert "no clips to caption: the split of" in err and str(tmp_path / "out" / "failed.jsonl") in err
+    assert "//" not in err  # paths are normalised

@@ -171,3 +171,13 @@ def test_a_larger_manifest_later_embeds_only_the_new_clips_and_a_no_op_rewrites_
     written = {p.name: p.stat().st_mtime_ns for p in idx.iterdir() if p.is_file()}
     build_index(data["manifest"], idx)  # nothing new: the index stays as it is
     assert {p.name: p.stat().st_mtime_ns for p in idx.iterdir() if p.is_file()} == written
+
+
+def test_a_damaged_faiss_file_is_one_line_not_a_traceback(indexed, tmp_path, capsys):
+    _, first = indexed
+    out = tmp_path / "idx"
+    shutil.copytree(first, out)
+    (out / "text.faiss").write_bytes(b"\x00" * 64)
+    assert search_main([str(out), "--text", "a red square"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the text index is damaged or incomplete" in err[0] and "run index-clips again" in err[0]
