@@ -331,3 +331,12 @@ def test_a_folder_input_shows_the_split_failures_and_says_why_nothing_is_left(tm
     assert f"failed: {raw / 'broken.mp4'}: not a readable video" in err
     assert "no clips to caption: the split of" in err and str(tmp_path / "out" / "failed.jsonl") in err
     assert "//" not in err  # paths are normalised
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_same_manifest(synth_manifest, tiny_qwen25, tmp_path):
+    manifest, _ = synth_manifest
+    assert _run(manifest, tmp_path / "one", tiny_qwen25) == 0
+    assert _run(manifest, tmp_path / "two", tiny_qwen25, "--workers", "2") == 0  # each worker loads the model once
+    pd.testing.assert_frame_equal(read_manifest(tmp_path / "one" / "clips.parquet"),
+                                  read_manifest(tmp_path / "two" / "clips.parquet"))

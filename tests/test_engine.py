@@ -128,3 +128,14 @@ def test_ctrl_c_is_one_line_and_exit_code_130_and_keeps_what_was_done(tmp_path, 
     assert kept >= 1
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and f"already done {kept}" in done.stderr
+
+
+def test_split_gives_the_same_manifest_with_one_or_two_workers(sample_videos, tmp_path):
+    from splitter.pipeline import split_videos
+
+    raw, _ = sample_videos
+    one, fails_one = split_videos(raw, tmp_path / "one", detector="content", progress=False)
+    two, fails_two = split_videos(raw, tmp_path / "two", detector="content", workers=2, progress=False)
+    assert len(one) > 2 and fails_one == fails_two
+    pd.testing.assert_frame_equal(one, two)
+    assert (tmp_path / "one" / "clips.parquet").read_bytes() == (tmp_path / "two" / "clips.parquet").read_bytes()
