@@ -146,14 +146,14 @@ def defaults() -> dict:
 DEFAULTS = defaults()
 
 
-def nearest(word: str, options) -> str:
+def nearest(word: str, options, prefix: str = "") -> str:
     match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]}?)" if match else ""
+    return f" (did you mean {prefix}{match[0]}?)" if match else ""
 
 
 def _unknown_key(section: str, key: str) -> ConfigError:
     fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    hint = nearest(key, fields)
+    hint = nearest(key, fields, f"{section}.")
     if not hint:
         elsewhere = [f"{s}.{key}" for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
         hint = f" (did you mean {elsewhere[0]}?)" if elsewhere else f"; valid keys: {', '.join(fields)}"
@@ -213,6 +213,8 @@ def _vae_options(kind: str) -> dict | None:
     registry = getattr(encoders, "VAES", {})
     if kind not in registry:
         raise ConfigError(f"unknown vae.kind {kind!r}{nearest(kind, registry)}; choose one of {sorted(registry)}")
+    if registry[kind].__init__.__qualname__.split(".")[0] in ("Module", "object"):
+        return {}  # no constructor of its own: no options
     params = inspect.signature(registry[kind]).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
@@ -286,7 +288,7 @@ def _check_vae(v: dict) -> None:
         return
     for key in v:
         if key != "kind" and key not in options:
-            raise ConfigError(f"unknown config key vae.{key} for vae.kind={v['kind']}{nearest(key, options)}"
+            raise ConfigError(f"unknown config key vae.{key} for vae.kind={v['kind']}{nearest(key, options, 'vae.')}"
                               f"; valid keys: {', '.join(['kind', *options]) }")
     for key, default in options.items():
         if default is inspect.Parameter.empty and key not in v:

@@ -85,6 +85,7 @@ def parse_args(argv=None):
                    "(trainer/configs/accelerate/*.yaml)")
     p.add_argument("--num-processes", type=int, help="processes to start (with or without --accelerate-config)")
     p.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # fault injection for resume tests
+    p.add_argument("--interrupt-at-step", type=int, help=argparse.SUPPRESS)  # a real SIGINT, for the Ctrl-C tests
     p.add_argument("overrides", nargs="*", help="config overrides: section.key=value (e.g. optim.lr=3e-4)")
     return p.parse_args(argv)
 
@@ -96,9 +97,20 @@ def resolve_config(args):
 
 
 def check_hub_model(model_id, what: str) -> None:
+    """A local folder must exist; a hub id must be in the cache when the hub cannot be reached."""
     from index.hub import is_cached, local_only, missing_model_message
 
-    if model_id and local_only(model_id) and not is_cached(model_id):
+    if not model_id:
+        return
+    if str(model_id).startswith((".", "/", "~")) or str(model_id).count("/") > 1:
+        if not Path(model_id).expanduser().exists():
+            raise UsageError(f"{what} {model_id}: no such folder")
+        return
+    try:
+        cached = is_cached(model_id)
+    except ValueError:  # not a valid hub id
+        raise UsageError(f"{what} {model_id}: neither a folder nor a Hugging Face model id") from None
+    if local_only(model_id) and not cached:
         raise UsageError(f"{what}: {missing_model_message(model_id)}")
 
 
@@ -152,9 +164,10 @@ def main(argv=None) -> int:
             print(f"train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a launcher's follow-up SIGTERM must not cut the line
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a launcher's follow-up SIGTERM must not cut it
         if is_main:
             print(f"train: {interrupted_message(run)}", file=sys.stderr)
+        signal.signal(signal.SIGTERM, previous)
         return 130
 
 
@@ -322,63 +335,65 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
     drop_p = inner.config.class_dropout_prob
     run["step"] = state.step
     model.train()
-    while state.step < tc["max_steps"]:
-        sampler.set_epoch(state.epoch, state.position)
-        dataset.epoch = state.epoch  # a new random frame window per epoch (deterministic, so resume is exact)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                             num_workers=dc["num_workers"], generator=loader_gen)
-        for batch in loader:
-            with accelerator.accumulate(model):
-                if "latents" in batch:  # pre-extracted features (trainer.extract)
-                    x0, y, mask = batch["latents"].to(device), batch["y"].to(device), batch["mask"].to(device)
-                else:
-                    x0 = vae.encode(batch["video"].to(device))  # (B, C, T, H, W)
-                    y, mask = encode_text(batch["caption"])  # (B, L, C_text), (B, L)
-                gens = sample_generators(tc["seed"], state.step, micro, batch["clip_id"])
-                drop = torch.tensor([torch.rand(1, generator=g).item() < drop_p for g in gens], device=device)
-                loss = diffusion.loss(model, x0, y, mask, generator=gens, drop=drop)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and oc["grad_clip"]:
-                    accelerator.clip_grad_norm_(model.parameters(), oc["grad_clip"])
-                for g in opt.param_groups:  # linear warmup, then constant
-                    g["lr"] = oc["lr"] * min(1.0, (state.step + 1) / max(1, oc["warmup_steps"]))
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            state.position += 1
-            seen += len(x0) * world
-            losses.append(loss.detach())
-            if not accelerator.sync_gradients:
-                micro += 1
-                continue
-            micro = 0
-            state.step += 1
-            run["step"] = state.step
-            ema.step(inner.parameters())
-            bar.update(1)
-            if state.step % tc["log_every"] == 0 or state.step == tc["max_steps"]:
-                last = accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
-                rate = seen / (time.perf_counter() - t_log)
-                failures = data_failures()
-                metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"],
-                           "data_failures": len(failures)}
-                accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=state.step)
-                if accelerator.is_main_process:
-                    for cid, why in list(failures.items())[reported:]:
-                        bar.write(f"data: clip {cid} could not be read and was not trained on: {why}")
-                    reported = len(failures)
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(metrics) + "\n")
-                bar.set_postfix(loss=f"{last:.4f}", samples_s=f"{rate:.1f}")
-                t_log, seen, losses = time.perf_counter(), 0, []
-            if state.step % tc["ckpt_every"] == 0 or state.step == tc["max_steps"]:
-                save_checkpoint(accelerator, out_dir, state.step, model, ema, state, cfg, text_path, tc["keep_last"])
-            if args.kill_at_step is not None and state.step == args.kill_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if state.step >= tc["max_steps"]:
-                break
-        else:
-            state.epoch, state.position = state.epoch + 1, 0
-    bar.close()
+    try:
+        while state.step < tc["max_steps"]:
+            sampler.set_epoch(state.epoch, state.position)
+            dataset.epoch = state.epoch  # a new random frame window per epoch (deterministic, so resume is exact)
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                                 num_workers=dc["num_workers"], generator=loader_gen)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    if "latents" in batch:  # pre-extracted features (trainer.extract)
+                        x0, y, mask = batch["latents"].to(device), batch["y"].to(device), batch["mask"].to(device)
+                    else:
+                        x0 = vae.encode(batch["video"].to(device))  # (B, C, T, H, W)
+                        y, mask = encode_text(batch["caption"])  # (B, L, C_text), (B, L)
+                    gens = sample_generators(tc["seed"], state.step, micro, batch["clip_id"])
+                    drop = torch.tensor([torch.rand(1, generator=g).item() < drop_p for g in gens], device=device)
+                    loss = diffusion.loss(model, x0, y, mask, generator=gens, drop=drop)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and oc["grad_clip"]:
+                        accelerator.clip_grad_norm_(model.parameters(), oc["grad_clip"])
+                    for g in opt.param_groups:  # linear warmup, then constant
+                        g["lr"] = oc["lr"] * min(1.0, (state.step + 1) / max(1, oc["warmup_steps"]))
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                state.position += 1
+                seen += len(x0) * world
+                losses.append(loss.detach())
+                if not accelerator.sync_gradients:
+                    micro += 1
+                    continue
+                micro = 0
+                state.step += 1
+                run["step"] = state.step
+                ema.step(inner.parameters())
+                bar.update(1)
+                if state.step % tc["log_every"] == 0 or state.step == tc["max_steps"]:
+                    last = accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
+                    rate = seen / (time.perf_counter() - t_log)
+                    failures = data_failures()
+                    metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"],
+                               "data_failures": len(failures)}
+                    accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=state.step)
+                    if accelerator.is_main_process:
+                        for cid, why in list(failures.items())[reported:]:
+                            bar.write(f"data: clip {cid} could not be read and was not trained on: {why}")
+                        reported = len(failures)
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps(metrics) + "\n")
+                    bar.set_postfix(loss=f"{last:.4f}", samples_s=f"{rate:.1f}")
+                    t_log, seen, losses = time.perf_counter(), 0, []
+                if state.step % tc["ckpt_every"] == 0 or state.step == tc["max_steps"]:
+                    save_checkpoint(accelerator, out_dir, state.step, model, ema, state, cfg, text_path, tc["keep_last"])
+                if state.step in (args.kill_at_step, args.interrupt_at_step):
+                    os.kill(os.getpid(), signal.SIGKILL if state.step == args.kill_at_step else signal.SIGINT)
+                if state.step >= tc["max_steps"]:
+                    break
+            else:
+                state.epoch, state.position = state.epoch + 1, 0
+    finally:
+        bar.close()  # before any message about an interruption
     accelerator.end_training()
     final = checkpoints(out_dir)
     failed = len(data_failures())
