@@ -214,6 +214,24 @@ def find_weights(path, use_ema: bool = True, allow_file: bool = True) -> Weights
                      "(checkpoints/)")
 
 
+def check_hub_model(model_id, what: str) -> None:
+    """A local folder must exist; a hub id must be in the cache when the hub cannot be reached."""
+    from index.hub import is_cached, local_only, missing_model_message
+
+    if not model_id:
+        return
+    if str(model_id).startswith((".", "/", "~")) or str(model_id).count("/") > 1:
+        if not Path(model_id).expanduser().exists():
+            raise UsageError(f"{what} {model_id}: no such folder")
+        return
+    try:
+        cached = is_cached(model_id)
+    except ValueError:  # not a valid hub id
+        raise UsageError(f"{what} {model_id}: neither a folder nor a Hugging Face model id") from None
+    if local_only(model_id) and not cached:
+        raise UsageError(f"{what}: {missing_model_message(model_id)}")
+
+
 def load_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(STDiT config, state dict) of a model folder."""
     from trainer.model import STDiT

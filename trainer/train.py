@@ -37,8 +37,9 @@ if __package__ in (None, ""):  # run as a script (accelerate launch trainer/trai
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index.files import LockError, OutputLock, atomic_write_text, command_line  # noqa: E402
-from trainer.checkpoints import (EMA, TrainState, UsageError, build_model, checkpoints, find_weights,  # noqa: E402
-                                 init_model, load_resume_state, resume_step, save_checkpoint, trim_metrics)
+from trainer.checkpoints import (EMA, TrainState, UsageError, build_model, check_hub_model,  # noqa: E402
+                                 checkpoints, find_weights, init_model, load_resume_state, resume_step,
+                                 save_checkpoint, trim_metrics)
 from trainer.config import ConfigError, dump, load_config  # noqa: E402
 
 LAUNCH_FLAGS = ("--accelerate-config", "--num-processes")
@@ -72,7 +73,7 @@ def sample_generators(seed: int, step: int, micro: int, clip_ids) -> list[torch.
     return out
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train", description="Train an STDiT on shards or a captioned manifest.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (trainer/configs/tiny.yaml shows every key)")
@@ -87,31 +88,13 @@ def parse_args(argv=None):
     p.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # fault injection for resume tests
     p.add_argument("--interrupt-at-step", type=int, help=argparse.SUPPRESS)  # a real SIGINT, for the Ctrl-C tests
     p.add_argument("overrides", nargs="*", help="config overrides: section.key=value (e.g. optim.lr=3e-4)")
-    return p.parse_args(argv)
+    return p
 
 
 def resolve_config(args):
     flags = {"data.path": args.data, "train.max_steps": args.max_steps, "train.output_dir": args.output_dir,
              "model.init_from": args.init_from}
     return load_config(args.config, args.overrides, extra={k: v for k, v in flags.items() if v is not None})
-
-
-def check_hub_model(model_id, what: str) -> None:
-    """A local folder must exist; a hub id must be in the cache when the hub cannot be reached."""
-    from index.hub import is_cached, local_only, missing_model_message
-
-    if not model_id:
-        return
-    if str(model_id).startswith((".", "/", "~")) or str(model_id).count("/") > 1:
-        if not Path(model_id).expanduser().exists():
-            raise UsageError(f"{what} {model_id}: no such folder")
-        return
-    try:
-        cached = is_cached(model_id)
-    except ValueError:  # not a valid hub id
-        raise UsageError(f"{what} {model_id}: neither a folder nor a Hugging Face model id") from None
-    if local_only(model_id) and not cached:
-        raise UsageError(f"{what}: {missing_model_message(model_id)}")
 
 
 def preflight(cfg, args):
@@ -218,7 +201,7 @@ def launch(args, argv) -> int:
 
 def train(argv, run: dict) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     cfg = resolve_config(args)
     if args.num_processes is not None and args.num_processes < 1:
         raise UsageError("--num-processes must be >= 1")
