@@ -122,14 +122,14 @@ def read_config(sd: dict, kind: str, num_heads: int | None = None, space_scale: 
             raise ValueError("pos_embed has a one-column grid: give --space-scale")
         cfg["space_scale"] = recover_scale(
             cols[:nw], lambda s: sincos_1d(hidden // 2, torch.arange(nw, dtype=torch.float32) / s), 1.0)
-        if kind == "pixart" and base_size is None:
-            base_size = math.isqrt(len(cols))  # PixArt's table spans its own (square) grid
     elif space_scale is None:
         raise ValueError("the checkpoint has no position table (pos_embed): give --space-scale (Open-Sora 1.0: "
                          "0.5 for weights trained at 256px, 1.0 at 512px; PixArt-alpha: 1.0 at 256/512px, 2.0 at "
                          "1024px)")
     if space_scale is not None:
         cfg["space_scale"] = float(space_scale)
+    if kind == "pixart" and base_size is None and pos is not None:
+        base_size = math.isqrt(pos.reshape(-1, hidden).shape[0])  # PixArt's table spans its own (square) grid
     if kind == "pixart":
         if base_size is None:
             raise ValueError("the PixArt checkpoint has no position table (pos_embed): give --base-size (the "
