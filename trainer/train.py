@@ -201,7 +201,7 @@ def launch(args, argv) -> int:
 
 def train(argv, run: dict) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may come before and after options
     cfg = resolve_config(args)
     if args.num_processes is not None and args.num_processes < 1:
         raise UsageError("--num-processes must be >= 1")
