@@ -75,6 +75,8 @@ def test_two_ddp_processes_train_the_weights_of_one_with_the_same_global_batch(f
                            *COMMON], capture_output=True, text=True, env=env(), cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout + proc.stderr
+    ckpt = two / "checkpoints" / "3"
+    assert (ckpt / "random_states_0.pkl").exists() and (ckpt / "random_states_1.pkl").exists()  # for --resume
     for which in ("model", "ema"):
         assert max_diff(model_weights(one, 3, which), model_weights(two, 3, which)) < TOLERANCE, which
     losses = [[json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines()] for out in (one, two)]

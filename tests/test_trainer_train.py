@@ -1,8 +1,8 @@
-"""End to end on CPU: train, kill, `--resume latest`, sample deterministically, and a 2-process DDP run."""
+"""End to end on CPU: train, kill, `--resume latest`, sample (deterministic, run folders, GIFs, model folders).
+Many processes: tests/test_trainer_distributed.py."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -158,28 +158,6 @@ def test_every_option_has_help_and_help_shows_defaults():
         assert all(a.help for a in parser._actions), [a.dest for a in parser._actions if not a.help]
         assert "(default:" in parser.format_help()
     assert "noise seed: the same seed gives the same video (default: 0)" in " ".join(sample_parser().format_help().split())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_process_ddp_training_on_cpu(manifest, tmp_path):
-    out = tmp_path / "ddp"
-    # accelerate launch refuses --cpu with --multi_gpu; torchrun starts the 2 processes, Accelerate picks gloo
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(REPO / "trainer" / "train.py"), "--config", str(CONFIG),
-           "--data", str(manifest), "--max-steps", "2", "--output-dir", str(out), *OVERRIDES]
-    proc = run(cmd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es)" in proc.stdout + proc.stderr
-    ckpt = out / "checkpoints" / "2"
-    assert (ckpt / "random_states_0.pkl").exists() and (ckpt / "random_states_1.pkl").exists()
-    assert (ckpt / "ema" / "diffusion_pytorch_model.safetensors").exists()
-    assert "loss" in (out / "metrics.jsonl").read_text()
 
 
 def test_bad_usage_is_a_clear_error(tmp_path, capsys):
