@@ -106,3 +106,15 @@ def test_opensora_v1_stages_train_two_steps_each_chained_by_init_from(parts, tmp
                                                                shipped["model"]["time_scale"])
         assert model["pred_sigma"] and model["base_size"] is None and model["hidden_size"] == 64
         previous = out  # the next stage starts from this run's latest EMA weights
+
+
+def test_tiny_config_lists_every_key():
+    import dataclasses
+
+    from trainer.config import SECTIONS
+
+    text = (CONFIGS / "tiny.yaml").read_text()
+    for section, cls in SECTIONS.items():
+        block = text.split(f"\n{section}:", 1)[1].split("\n\n", 1)[0]
+        for f in dataclasses.fields(cls):
+            assert f"{f.name}:" in block, f"{section}.{f.name} is not documented in tiny.yaml"

@@ -147,7 +147,8 @@ def load_resume_state(ckpt: Path, accelerator, model, ema: EMA, state: TrainStat
     accelerator.load_state(str(ckpt))  # tensors only (weights_only=True)
     meta = json.loads((ckpt / "resume_state.json").read_text())
     named = list(accelerator.unwrap_model(model).named_parameters())
-    ema.load_full_state(named, load_file(str(ckpt / "ema" / WEIGHTS)), meta["ema_updates"])
+    updates = meta.get("ema_updates", meta.get("ema", {}).get("optimization_step", 0))  # (older checkpoints)
+    ema.load_full_state(named, load_file(str(ckpt / "ema" / WEIGHTS)), updates)
     state.load_state_dict(meta["train"])
 
 

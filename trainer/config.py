@@ -135,15 +135,9 @@ class Config(dict):
 
     explicit: set
 
-    def plain(self) -> dict:
-        return copy.deepcopy(dict(self))
-
 
 def defaults() -> dict:
     return {name: dataclasses.asdict(cls()) for name, cls in SECTIONS.items()}
-
-
-DEFAULTS = defaults()
 
 
 def nearest(word: str, options, prefix: str = "") -> str:
