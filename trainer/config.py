@@ -14,6 +14,7 @@ constructor). The `diffusion` section holds the options of every objective; thos
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import difflib
@@ -326,6 +327,16 @@ def load_config(path: str | Path | None, overrides: list[str] = (), extra: dict 
             raw[section] = {}
         raw[section][leaf] = value
     return validate(raw, str(path) if path is not None else "config")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help of the trainer's commands: each option's default, unless it has none or its help names it."""
+
+    def _get_help_string(self, action):
+        d = action.default
+        if "(default" in (action.help or "") or d is None or d is False or d == [] or d is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def dump(cfg: dict) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.config import HelpFormatter
 from trainer.model import STDiT, sincos_1d, temporal_pos_embed
 
 WRAPPERS = ("ema", "state_dict", "model", "module")
@@ -191,7 +192,7 @@ def scale_arg(text: str) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Convert Open-Sora 1.0 STDiT / PixArt-alpha weights to an STDiT folder.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("src", help="checkpoint file (.pth, .pt, .bin or .safetensors)")
     p.add_argument("out", help="output folder (loadable with STDiT.from_pretrained, train.py --init-from, sample)")
     p.add_argument("--kind", default="auto", choices=["auto", "opensora", "pixart"],

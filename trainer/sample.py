@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from trainer.checkpoints import UsageError, check_hub_model, find_weights
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError, HelpFormatter, load_config
 
 FORMATS = (".mp4", ".gif")
 
@@ -129,7 +129,7 @@ def encode(video: np.ndarray, fps: float, suffix: str) -> bytes:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sample", description="Sample videos from an STDiT checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, help="a run folder (its latest checkpoint), RUN/checkpoints/STEP, or "
                    "a model folder (python -m trainer.convert output; then give --config or the encoders)")
     p.add_argument("--prompt", action="append", default=[], help="a caption (repeatable)")

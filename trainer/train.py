@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script (accelerate launch trainer/trai
 from index.files import LockError, OutputLock, atomic_write_text, command_line  # noqa: E402
 from trainer.checkpoints import (EMA, TrainState, UsageError, build_model, checkpoints,  # noqa: E402
                                  init_model, load_resume_state, save_checkpoint, trim_metrics)
-from trainer.config import ConfigError, dump, load_config  # noqa: E402
+from trainer.config import ConfigError, HelpFormatter, dump, load_config  # noqa: E402
 from trainer.launch import launch, preflight  # noqa: E402
 
 def build_text_encoder(cfg: dict, out_dir: Path | None = None, is_main: bool = True):
@@ -72,7 +72,7 @@ def sample_generators(seed: int, step: int, micro: int, clip_ids) -> list[torch.
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train", description="Train an STDiT on shards or a captioned manifest.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (trainer/configs/tiny.yaml shows every key)")
     p.add_argument("--data", help="shards folder, manifest or features (default: the config's data.path)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (default: train.max_steps)")
