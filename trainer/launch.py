@@ -8,6 +8,8 @@ import os
 import signal
 from pathlib import Path
 
+import torch
+
 from trainer.checkpoints import UsageError, check_hub_model, checkpoints, find_weights, resume_step
 
 LAUNCH_FLAGS = ("--accelerate-config", "--num-processes")
@@ -54,10 +56,12 @@ def preflight(cfg, args):
 
 
 def launch(args, argv, script: Path) -> int:
-    """Start the training processes with Accelerate's launcher in this process; their exit code is ours."""
+    """Start the training processes from this process and return their exit code: with Accelerate's launcher,
+    or, for several processes on a machine without GPUs (Accelerate's launcher runs one there), with torchrun
+    (gloo). The processes print their own one-line errors; the launchers' reports of a failed process
+    (tracebacks, log lines) are left out."""
+    import logging
     import subprocess
-
-    from accelerate.commands.launch import launch_command, launch_command_parser
 
     child, skip = [], False
     for a in argv:
@@ -67,21 +71,37 @@ def launch(args, argv, script: Path) -> int:
             skip = True
         elif not a.startswith(tuple(f"{f}=" for f in LAUNCH_FLAGS)):
             child.append(a)
-    largv = (["--config_file", args.accelerate_config] if args.accelerate_config else []) + \
-            (["--num_processes", str(args.num_processes)] if args.num_processes else [])
-    largs = launch_command_parser().parse_args([*largv, str(script), *child])
+    if args.num_processes and args.num_processes > 1 and not args.accelerate_config and not torch.cuda.is_available():
+        from torch.distributed.run import get_args_parser, run
+
+        start = lambda: run(get_args_parser().parse_args(  # noqa: E731
+            ["--standalone", "--nproc_per_node", str(args.num_processes), str(script), *child]))
+    else:
+        from accelerate.commands.launch import launch_command, launch_command_parser
+
+        largv = (["--config_file", args.accelerate_config] if args.accelerate_config else []) + \
+                (["--num_processes", str(args.num_processes)] if args.num_processes else [])
+        largs = launch_command_parser().parse_args([*largv, str(script), *child])
+        start = lambda: launch_command(largs)  # noqa: E731
+    quiet = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.distributed.run")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.CRITICAL)
     previous = signal.signal(signal.SIGINT, lambda *_: None)  # the processes get Ctrl-C and say what was kept
     try:
-        launch_command(largs)
+        start()
         return 0
     except subprocess.CalledProcessError as e:
         return e.returncode if e.returncode >= 0 else 128 - e.returncode
     except Exception as e:  # torchrun's ChildFailedError / SignalException: the processes printed their lines
         failures = getattr(e, "failures", None)
         if failures:
-            return next(iter(failures.values())).exitcode or 1
+            code = next(iter(failures.values())).exitcode
+            return code if code and code > 0 else 128 - code if code else 1
         if type(e).__name__ == "SignalException":
             return 130
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)

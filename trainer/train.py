@@ -6,9 +6,10 @@
 
 Everything a user can get wrong (the config's keys and types, --data, --output-dir, --init-from, --resume, a
 missing model, another run holding RUN) is checked before any model is built: one line, exit code 2. With
-`--accelerate-config` (or `--num-processes`) this command checks, then starts Accelerate's launcher itself, so
-a mistake found by a training process is its one line and exit code too (`accelerate launch` itself turns any
-failing process into a traceback of its own). Ctrl-C: one line saying which checkpoint is kept, exit code 130.
+`--accelerate-config` or `--num-processes` this command checks, then starts the processes itself (Accelerate's
+launcher; torchrun with gloo for several CPU processes), so a mistake found by a training process is its one
+line and exit code too (`accelerate launch` turns any failed process into a traceback and exit code of its
+own). Ctrl-C: one line saying which checkpoint is kept, exit code 130.
 
 Checkpoints are RUN/checkpoints/<optimizer step>/ (see trainer/checkpoints.py). `--resume latest` continues a run
 with its optimizer, EMA and data position; `--init-from` starts a new run from weights only (a
