@@ -258,8 +258,7 @@ def test_converted_folder_loads_alone_and_bad_checkpoints_fail_clearly(tmp_path,
     torch.save({"something": torch.zeros(3)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="not an Open-Sora 1.0 STDiT or PixArt"):
         convert(load_state_dict(tmp_path / "bad.pth"))
-    with pytest.raises(SystemExit):
-        convert_main([str(tmp_path / "missing.pth"), str(tmp_path / "o2")])
+    assert convert_main([str(tmp_path / "missing.pth"), str(tmp_path / "o2")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     sd = ref.state_dict()
     sd["csize_embedder.mlp.0.weight"] = torch.zeros(1)
@@ -267,3 +266,44 @@ def test_converted_folder_loads_alone_and_bad_checkpoints_fail_clearly(tmp_path,
         convert(sd, num_heads=HEADS)
     with pytest.raises(ValueError, match="--num-heads"):
         convert(ref.state_dict())  # hidden 64 is not a multiple of 72: the head count must be given
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("space_scale,time_scale", [(0.5, 1.0), (1.0, 2 / 3)])
+def test_scales_are_exact_from_half_precision_tables(dtype, space_scale, time_scale):
+    ref = RefOpenSoraSTDiT(input_size=(6, 8, 12), depth=1, space_scale=space_scale, time_scale=time_scale)
+    sd = {k: (v.to(dtype) if k.startswith("pos_embed") else v) for k, v in ref.state_dict().items()}
+    model = convert(sd, num_heads=HEADS)
+    assert model.config.space_scale == space_scale  # exactly: 2/3 is 0.6666666666666666, not 0.6667
+    assert model.config.time_scale == time_scale
+
+
+def test_missing_position_tables_need_the_scales(tmp_path, capsys):
+    ref = randomise(RefOpenSoraSTDiT(input_size=(4, 8, 12), depth=1, space_scale=0.5, time_scale=2 / 3))
+    full = ref.state_dict()
+    no_space = {k: v for k, v in full.items() if k != "pos_embed"}
+    with pytest.raises(ValueError, match="--space-scale"):
+        convert(no_space, num_heads=HEADS)
+    no_time = {k: v for k, v in full.items() if k != "pos_embed_temporal"}
+    with pytest.raises(ValueError, match="--time-scale"):
+        convert(no_time, num_heads=HEADS)
+    torch.save({k: v for k, v in full.items() if not k.startswith("pos_embed")}, tmp_path / "bare.pth")
+    assert convert_main([str(tmp_path / "bare.pth"), str(tmp_path / "o"), "--num-heads", str(HEADS)]) == 2
+    assert "--space-scale" in capsys.readouterr().err
+    assert convert_main([str(tmp_path / "bare.pth"), str(tmp_path / "o"), "--num-heads", str(HEADS),
+                         "--space-scale", "0.5", "--time-scale", "2/3"]) == 0
+    model = STDiT.from_pretrained(tmp_path / "o").eval()
+    assert model.config.space_scale == 0.5 and model.config.time_scale == 2 / 3
+    x = torch.randn(2, C_IN, 4, 8, 12, generator=torch.Generator().manual_seed(7))
+    y, mask = caption()
+    with torch.no_grad():  # the given scales reproduce the original's tables
+        expected, got = ref(x, torch.tensor([37.0, 801.0]), y, mask), model(x, torch.tensor([37.0, 801.0]), y, mask)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    given = convert(full, num_heads=HEADS, space_scale=1.0)  # a flag wins over the table
+    assert given.config.space_scale == 1.0 and given.config.time_scale == 2 / 3
+    pixart = {k: v for k, v in randomise(RefPixArt(input_size=16)).state_dict().items() if k != "pos_embed"}
+    with pytest.raises(ValueError, match="--space-scale"):
+        convert(pixart, num_heads=HEADS)
+    with pytest.raises(ValueError, match="--base-size"):
+        convert(pixart, num_heads=HEADS, space_scale=1.0)
+    assert convert(pixart, num_heads=HEADS, space_scale=1.0, base_size=8).config.base_size == 8

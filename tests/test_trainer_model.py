@@ -1,5 +1,7 @@
 """STDiT: zero-init semantics, odd shapes, masks, checkpointing, save/load round trip."""
 
+import copy
+
 import pytest
 import torch
 
@@ -116,3 +118,33 @@ def test_sizes_registry_and_bad_input():
         build_stdit("STDiT-T/2", hidden_size=66)
     pe = spatial_pos_embed(8, 2, 3)
     assert pe.shape == (6, 8) and torch.allclose(pe[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))
+
+
+def test_an_all_zero_mask_row_is_a_caption_that_contributes_nothing():
+    model = perturb(tiny()).eval()
+    x, t, y = inputs()
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[0] = False  # sample 0: no caption tokens at all
+    out = model(x, t, y, mask)
+    assert torch.isfinite(out).all()
+    garbage = y.clone()
+    garbage[0] = 100.0
+    assert torch.equal(model(x, t, garbage, mask)[0], out[0])  # its caption content does not matter
+    silent = copy.deepcopy(model)
+    for block in silent.blocks:  # cross-attention output = its projection's bias alone
+        torch.nn.init.zeros_(block.cross_attn.proj.weight)
+    assert torch.allclose(out[0], silent(x, t, y, mask)[0], atol=1e-6)
+    assert not torch.allclose(out[1], silent(x, t, y, mask)[1], atol=1e-4)  # a real caption does contribute
+
+
+def test_open_soras_half_batch_caption_mask_is_repeated_for_the_null_half():
+    model = perturb(tiny()).eval()
+    x, t, y = inputs(B=2)
+    x4, t4, y4 = torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y])
+    drop = torch.tensor([False, False, True, True])  # Open-Sora's CFG batch: [conditional; null]
+    half = torch.ones(2, 6, dtype=torch.long)
+    half[1, 2:] = 0
+    full = model(x4, t4, y4, half.repeat(2, 1), force_drop=drop)
+    assert torch.equal(model(x4, t4, y4, half, force_drop=drop), full)
+    with pytest.raises(ValueError, match="3 rows for 4 captions"):
+        model(x4, t4, y4, torch.ones(3, 6), force_drop=drop)

@@ -128,12 +128,19 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """A caption whose mask row is all zeros has no tokens to attend to: its attention output is zero,
+        so the branch adds only the output projection's bias (the caption contributes nothing)."""
         B, N, D = x.shape
         h, d = self.num_heads, D // self.num_heads
         q = self.q_linear(x).view(B, N, h, d).transpose(1, 2)  # (B, h, N, d)
         k, v = self.kv_linear(y).view(B, -1, 2, h, d).permute(2, 0, 3, 1, 4)  # 2 x (B, h, L, d)
-        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
+        attn_mask, empty = None, None
+        if mask is not None:
+            empty = ~mask.any(1)  # (B,)
+            attn_mask = (mask | empty[:, None])[:, None, None, :]  # (B, 1, 1, L); no row fully masked (NaN)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, N, d)
+        if empty is not None:
+            x = x.masked_fill(empty[:, None, None, None], 0.0)  # (B, h, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
 
 
@@ -236,7 +243,7 @@ class STDiT(ModelMixin, ConfigMixin):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
                 force_drop: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, T, H, W); timestep (B,) on the 0..1000 scale; y (B, L, C_text) or (B, 1, L, C_text);
-        mask (B, L) 1 for real text tokens; force_drop (B,) bool: use the null caption (CFG)."""
+        mask (B, L) 1 for real text tokens (see `caption_mask`); force_drop (B,) bool: use the null caption."""
         B, _, T, H, W = x.shape
         if y.dim() == 4:
             y = y.squeeze(1)  # (B, L, C_text)
@@ -254,8 +261,7 @@ class STDiT(ModelMixin, ConfigMixin):
             drop = torch.rand(B, device=x.device) < self.config.class_dropout_prob  # (B,)
         y = self.y_embedder(y, drop)  # (B, L, D)
         if mask is not None:
-            mask = mask.bool().clone()
-            mask[mask.sum(1) == 0, 0] = True  # an empty caption still attends to one token (no NaN)
+            mask = caption_mask(mask, B, y.shape[1])  # (B, L) bool
         tpe = temporal_pos_embed(D, nt, self.config.time_scale).to(x)[None]  # (1, nt, D)
         for i, block in enumerate(self.blocks):
             block_tpe = tpe if i == 0 else None  # Open-Sora 1.0 adds it in the first block only
@@ -277,6 +283,26 @@ class STDiT(ModelMixin, ConfigMixin):
     def num_tokens(self, frames: int, height: int, width: int) -> int:
         pt, ph, pw = self.patch_size
         return -(-frames // pt) * -(-height // ph) * -(-width // pw)
+
+
+def caption_mask(mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """The (B, L) bool caption mask for a batch of B captions.
+
+    Open-Sora 1.0's sampler passes the mask of the conditional captions only (B/2 rows) with a classifier-free
+    guidance batch [conditional; null]: its model repeats the rows for the null half, so the null caption is
+    masked like its conditional one. A mask with B/k rows is accepted the same way; any other row count is
+    refused. A row of all zeros is an empty caption (see CrossAttention)."""
+    if mask.dim() == 3 and mask.shape[1] == 1:
+        mask = mask.squeeze(1)  # (B, 1, L) as Open-Sora's tokenizer output
+    if mask.dim() != 2 or mask.shape[1] != length:
+        raise ValueError(f"caption mask of shape {tuple(mask.shape)} does not fit captions of {length} tokens")
+    rows = mask.shape[0]
+    if rows != batch:
+        if rows == 0 or batch % rows:
+            raise ValueError(f"caption mask has {rows} rows for {batch} captions: give one row per caption (or "
+                             f"half as many for a classifier-free guidance batch, repeated for the null half)")
+        mask = mask.repeat(batch // rows, 1)  # (B, L)
+    return mask.bool()
 
 
 #################################################################################
@@ -301,7 +327,7 @@ def spatial_pos_embed(dim: int, nh: int, nw: int, scale: float = 1.0, base_size:
 
 
 def temporal_pos_embed(dim: int, nt: int, scale: float = 1.0) -> torch.Tensor:
-    return sincos_1d(dim, torch.arange(nt, dtype=torch.float32) / scale)  # (nt, dim)
+    return sincos_1d(dim, torch.arange(nt, dtype=torch.float64) / scale)  # (nt, dim); float64 as Open-Sora
 
 
 #################################################################################

@@ -1,196 +1,211 @@
 """Train an STDiT with Accelerate.
 
-    accelerate launch trainer/train.py --config trainer/configs/tiny.yaml --data SHARDS_OR_MANIFEST \
-        [--max-steps N] [--output-dir DIR] [--resume latest|DIR] [section.key=value ...]
+    python -m trainer.train --config CONFIG.yaml --data SHARDS_OR_MANIFEST [--output-dir RUN] [--max-steps N]
+        [--init-from WEIGHTS] [--resume latest|CHECKPOINT] [--accelerate-config FILE] [section.key=value ...]
+    accelerate launch --config_file FILE trainer/train.py --config CONFIG.yaml ...   (the same arguments)
 
-Checkpoints are OUTPUT_DIR/checkpoints/<optimizer step>/: the Accelerate state (model, optimizer, RNG)
-plus the EMA (safetensors) and data position (JSON) for `--resume`, plus `model/`, `ema/`, `config.yaml` (and a tiny `text_encoder/`) for `sample`.
+Everything a user can get wrong (the config's keys and types, --data, --output-dir, --init-from, --resume, a
+missing model, another run holding RUN) is checked before any model is built: one line, exit code 2. With
+`--accelerate-config` or `--num-processes` this command checks, then starts the processes itself (Accelerate's
+launcher; torchrun with gloo for several CPU processes), so a mistake found by a training process is its one
+line and exit code too (`accelerate launch` turns any failed process into a traceback and exit code of its
+own). Ctrl-C: one line saying which checkpoint is kept, exit code 130.
+
+Checkpoints are RUN/checkpoints/<optimizer step>/ (see trainer/checkpoints.py). `--resume latest` continues a run
+with its optimizer, EMA and data position; `--init-from` starts a new run from weights only (a
+`python -m trainer.convert` folder, a shotcap checkpoint or run folder, or an Open-Sora 1.0 / PixArt-alpha file
+converted on the fly). With both, a checkpoint of the run wins: the same command plus `--resume latest`
+continues an interrupted fine-tune.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import math
 import os
-import shutil
 import signal
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import yaml
-from safetensors.torch import load_file, save_file
 
 if __package__ in (None, ""):  # run as a script (accelerate launch trainer/train.py) without an install
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index.files import atomic_write_text
-from trainer.config import load_config
-from trainer.data import BucketSampler, collate, open_dataset
-from trainer.diffusion import build_diffusion
-from trainer.encoders import TextEncoder, build_text_encoder, build_vae
-from trainer.model import STDiT, build_stdit
+from index.files import LockError, OutputLock, atomic_write_text, command_line  # noqa: E402
+from trainer.checkpoints import (EMA, TrainState, UsageError, build_model, checkpoints,  # noqa: E402
+                                 init_model, load_resume_state, save_checkpoint, trim_metrics)
+from trainer.config import ConfigError, HelpFormatter, dump, load_config  # noqa: E402
+from trainer.encoders import build_text_encoder  # noqa: E402
+from trainer.launch import launch, preflight  # noqa: E402
+
+def sample_generators(seed: int, step: int, micro: int, clip_ids) -> list[torch.Generator]:
+    """One generator per sample, from (seed, step, micro-batch, clip): the noise, timestep and caption dropout
+    of a clip do not depend on the process that trains it, so N processes train what one process would."""
+    seen: dict[str, int] = {}
+    out = []
+    for cid in clip_ids:
+        k = seen[cid] = seen.get(cid, -1) + 1  # a clip repeated in the batch gets other noise
+        digest = hashlib.blake2b(f"{seed}/{step}/{micro}/{cid}/{k}".encode(), digest_size=8).digest()
+        out.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1))
+    return out
 
 
-class TrainState:
-    """Optimizer step and data position, saved with every checkpoint."""
-
-    def __init__(self):
-        self.step, self.epoch, self.position = 0, 0, 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
-
-
-def build_model(cfg: dict, in_channels: int, caption_channels: int) -> STDiT:
-    m = dict(cfg["model"])
-    size = m.pop("size", None)
-    m.pop("gradient_checkpointing", None)
-    return build_stdit(size, in_channels=in_channels, caption_channels=caption_channels,
-                       model_max_length=cfg["text"]["max_length"], **m)
-
-
-def save_resume_state(ckpt: Path, ema, state: TrainState) -> None:
-    """EMA weights as safetensors and the step/data position as JSON: a resume loads no pickle."""
-    ema_state = ema.state_dict()
-    shadow = ema_state.pop("shadow_params")
-    save_file({f"shadow.{i:05d}": p.detach().cpu().contiguous() for i, p in enumerate(shadow)},
-              str(ckpt / "ema_state.safetensors"))
-    (ckpt / "resume_state.json").write_text(json.dumps({"ema": ema_state, "train": state.state_dict()}))
-
-
-def load_resume_state(ckpt: Path, ema, state: TrainState) -> None:
-    meta = json.loads((ckpt / "resume_state.json").read_text())
-    tensors = load_file(str(ckpt / "ema_state.safetensors"))
-    ema.load_state_dict({**meta["ema"], "shadow_params": [tensors[k] for k in sorted(tensors)]})
-    state.load_state_dict(meta["train"])
-
-
-def checkpoints(out_dir: Path) -> list[Path]:
-    root = out_dir / "checkpoints"
-    found = [p for p in root.glob("*") if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name))
-
-
-def save_checkpoint(accelerator, out_dir: Path, step: int, model, ema, state, cfg: dict, text_path,
-                    keep_last: int):
-    root = out_dir / "checkpoints"
-    tmp, final = root / f".tmp-{step}", root / str(step)
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # model, optimizer, and every process's RNG state
-    if accelerator.is_main_process:
-        save_resume_state(tmp, ema, state)
-        accelerator.unwrap_model(model).save_pretrained(tmp / "model")
-        with torch.random.fork_rng():  # building a model draws random init: keep the training stream intact
-            ema_model = STDiT.from_config(accelerator.unwrap_model(model).config)
-        ema.copy_to(ema_model.parameters())  # the fp32 EMA weights, loadable by `sample` alone
-        ema_model.save_pretrained(tmp / "ema")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        if cfg["text"]["kind"] == "tiny":
-            shutil.copytree(text_path, tmp / "text_encoder")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)  # a checkpoint is complete or absent
-        older = [c for c in checkpoints(out_dir) if int(c.name) < step]  # never the one just written
-        for old in older[:max(0, len(older) - (keep_last - 1))] if keep_last > 0 else []:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Train an STDiT on shards or a captioned manifest.")
-    p.add_argument("--config", required=True, help="YAML config (see trainer/configs/tiny.yaml)")
-    p.add_argument("--data", help="shards folder or manifest (overrides data.path)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
-    p.add_argument("--output-dir", help="run folder (overrides train.output_dir)")
-    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train", description="Train an STDiT on shards or a captioned manifest.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (trainer/configs/tiny.yaml shows every key)")
+    p.add_argument("--data", help="shards folder, manifest or features (default: the config's data.path)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (default: train.max_steps)")
+    p.add_argument("--output-dir", help="run folder (default: train.output_dir)")
+    p.add_argument("--init-from", help="start from these weights, step 0 (default: model.init_from)")
+    p.add_argument("--resume", help="'latest' or a checkpoint folder: continue that run")
+    p.add_argument("--accelerate-config", help="check, then start the processes with this Accelerate config "
+                   "(trainer/configs/accelerate/*.yaml)")
+    p.add_argument("--num-processes", type=int, help="processes to start (with or without --accelerate-config)")
     p.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # fault injection for resume tests
-    p.add_argument("overrides", nargs="*", help="section.key=value")
-    return p.parse_args(argv)
+    p.add_argument("--interrupt-at-step", type=int, help=argparse.SUPPRESS)  # a real SIGINT, for the Ctrl-C tests
+    p.add_argument("overrides", nargs="*", help="config overrides: section.key=value (e.g. optim.lr=3e-4)")
+    return p
+
+
+def resolve_config(args):
+    flags = {"data.path": args.data, "train.max_steps": args.max_steps, "train.output_dir": args.output_dir,
+             "model.init_from": args.init_from}
+    return load_config(args.config, args.overrides, extra={k: v for k, v in flags.items() if v is not None})
 
 
 def main(argv=None) -> int:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
+    run = {"out_dir": None, "step": None}  # for the Ctrl-C message
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    try:
+        return train(argv, run)
+    except (UsageError, ConfigError, LockError) as e:
+        if is_main:
+            print(f"train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a launcher's follow-up SIGTERM must not cut it
+        if is_main:
+            print(f"train: {interrupted_message(run)}", file=sys.stderr)
+        signal.signal(signal.SIGTERM, previous)
+        return 130
 
-    args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    for key, val in (("data", args.data), ("max_steps", args.max_steps), ("output_dir", args.output_dir)):
-        if val is not None:
-            cfg["data" if key == "data" else "train"]["path" if key == "data" else key] = val
-    tc, oc, dc = cfg["train"], cfg["optim"], cfg["data"]
-    if not dc.get("path"):
-        raise SystemExit("error: no training data: pass --data SHARDS_DIR_OR_MANIFEST")
-    out_dir = Path(tc["output_dir"])
+
+def interrupted_message(run: dict) -> str:
+    if run["step"] is None:
+        return "interrupted before training started; nothing to resume"
+    kept = checkpoints(run["out_dir"])
+    if not kept:
+        return (f"interrupted at step {run['step']}, before the first checkpoint: nothing kept; run the same "
+                "command again to start over")
+    return (f"interrupted at step {run['step']}: kept checkpoint {kept[-1]}; continue with the same command "
+            "and --resume latest")
+
+
+def train(argv, run: dict) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may come before and after options
+    cfg = resolve_config(args)
+    if args.num_processes is not None and args.num_processes < 1:
+        raise UsageError("--num-processes must be >= 1")
+    if args.accelerate_config and not Path(args.accelerate_config).is_file():
+        raise UsageError(f"--accelerate-config {args.accelerate_config}: no such file")
+    dataset, resume = preflight(cfg, args)
+    out_dir = Path(cfg["train"]["output_dir"])
+    if args.accelerate_config or args.num_processes:
+        with OutputLock(out_dir, command_line()):
+            pass  # free now: the main training process takes it for the run
+        return launch(args, argv, Path(__file__).resolve())
+
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+
+    tc, oc = cfg["train"], cfg["optim"]
     # several processes without GPUs (torchrun on CPU): Accelerate needs cpu=True to pick gloo
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=tc["mixed_precision"], gradient_accumulation_steps=oc["grad_accum"],
                               log_with="tensorboard", project_dir=str(out_dir), cpu=multi_cpu)
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    with contextlib.ExitStack() as held:  # one run per output folder (the kernel frees it if we are killed)
+        refused = [None]
+        if accelerator.is_main_process:
+            try:
+                held.enter_context(OutputLock(out_dir, command_line()))
+            except LockError as e:
+                refused = [str(e)]
+        broadcast_object_list(refused)
+        if refused[0]:
+            raise LockError(refused[0])
+        run["out_dir"] = out_dir
+        return fit(args, cfg, dataset, resume, accelerator, out_dir, run)
 
-    # encoders (frozen), data, model
-    text_path, text_kind = build_text_encoder(cfg["text"], out_dir, accelerator.is_main_process)
+
+def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> int:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from trainer.data import BucketSampler, check_buckets, collate
+    from trainer.diffusion import build_diffusion
+    from trainer.encoders import TextEncoder, build_vae
+
+    tc, oc, dc = cfg["train"], cfg["optim"], cfg["data"]
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    # encoders (frozen), model; the text-encoder folder of text.kind=tiny is written by the main process first
+    if accelerator.is_main_process:
+        text_path, text_kind = build_text_encoder(cfg["text"], out_dir, True)
     accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        text_path, text_kind = build_text_encoder(cfg["text"], out_dir, False)
     text = TextEncoder(str(text_path), text_kind, cfg["text"]["max_length"]).to(device)
     vae_cfg = dict(cfg["vae"])
     vae = build_vae(vae_cfg.pop("kind"), **vae_cfg).to(device)
-    dataset = open_dataset(dc["path"], dc["frame_interval"], seed=tc["seed"], cache=dc.get("cache", False))
+    try:
+        check_buckets(dc["buckets"], vae)  # a frame count a video VAE cannot take: before any step
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     sampler = BucketSampler(dataset.shapes(), dc["buckets"], dc["batch_size"], rank, world, seed=tc["seed"])
     set_seed(tc["seed"])  # same init on every process
-    model = build_model(cfg, vae.channels, text.channels)
-    if cfg["model"].get("gradient_checkpointing"):
+    note = None
+    if cfg["model"]["init_from"] and resume is None:
+        model, note = init_model(cfg["model"]["init_from"], cfg, cfg.explicit, vae.channels, text.channels)
+    else:
+        model = build_model(cfg, vae.channels, text.channels)
+    if cfg["model"]["gradient_checkpointing"]:
         model.enable_gradient_checkpointing()
-    ema = EMAModel(model.parameters(), decay=tc["ema_decay"], model_cls=STDiT, model_config=model.config)
-    ema.to(device)
     diffusion_cfg = dict(cfg["diffusion"])
     diffusion = build_diffusion(diffusion_cfg.pop("name"), **diffusion_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=oc["lr"], betas=tuple(oc["betas"]),
+    opt = torch.optim.AdamW(model.parameters(), lr=oc["lr"], betas=tuple(oc["betas"]), eps=oc["eps"],
                             weight_decay=oc["weight_decay"])
     model, opt = accelerator.prepare(model, opt)
+    inner = accelerator.unwrap_model(model)
+    ema = EMA(inner.parameters(), tc["ema_decay"])
     state = TrainState()
-    if args.resume:
-        found = checkpoints(out_dir) if args.resume == "latest" else [Path(args.resume)]
-        if args.resume != "latest" and not (found[0] / "config.yaml").is_file():
-            raise SystemExit(f"error: {args.resume} is not a checkpoint folder (--resume latest or RUN/checkpoints/N)")
-        if found:
-            accelerator.load_state(str(found[-1]))  # tensors only (weights_only=True)
-            load_resume_state(found[-1], ema, state)
-            ema.to(device)
-            accelerator.print(f"resumed from {found[-1]} at step {state.step}")
-        else:
-            accelerator.print(f"no checkpoint in {out_dir / 'checkpoints'}: starting from scratch")
-    beyond = [c.name for c in checkpoints(out_dir) if int(c.name) > state.step]
-    if beyond:  # another run's later checkpoints: its `--resume latest` and keep-last pruning would mix runs
-        raise SystemExit(f"error: {out_dir / 'checkpoints'} holds checkpoints past step {state.step} "
-                         f"({', '.join(beyond)}): continue with --resume latest, or branch into a new --output-dir")
+    if resume is not None:
+        load_resume_state(resume, accelerator, model, ema, state)
+        accelerator.print(f"resumed from {resume} at step {state.step}")
+    elif args.resume:
+        accelerator.print(f"no checkpoint in {out_dir / 'checkpoints'}: starting from scratch")
+    if note:
+        accelerator.print(note)
     metrics_path = out_dir / "metrics.jsonl"
-    if args.resume and found and accelerator.is_main_process and metrics_path.exists():
-        kept = [ln for ln in metrics_path.read_text().splitlines()  # steps after the checkpoint are run again
-                if ln.strip() and json.loads(ln)["step"] <= state.step]
-        atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
-    if not args.resume or not found:
-        torch.manual_seed(tc["seed"] * 1000 + rank)  # per-process noise stream
+    if accelerator.is_main_process:
+        trim_metrics(metrics_path, state.step)  # steps after the checkpoint (or a killed first try) run again
+        atomic_write_text(out_dir / "config.yaml", dump(cfg))
+        accelerator.print(f"config (also in {out_dir / 'config.yaml'}):\n{dump(cfg)}", end="")
     accelerator.init_trackers("train")
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in inner.parameters())
     accelerator.print(f"STDiT {n_params / 1e6:.2f}M params, {len(dataset)} clips, "
                       f"{len(sampler)} batches/epoch/process, {world} process(es)")
 
     # encoder outputs of recent captions (least recently used first out), within text.cache_mb: a T5-XXL
     # output is 1.9 MB, so caching every caption of a large dataset would fill the host's memory
     caption_cache: OrderedDict[str, tuple] = OrderedDict()
-    cache_budget = float(cfg["text"].get("cache_mb", 1024)) * 2**20
+    cache_budget = float(cfg["text"]["cache_mb"]) * 2**20
 
     def encode_text(captions):
         missing = [c for c in dict.fromkeys(captions) if c not in caption_cache]
@@ -207,72 +222,86 @@ def main(argv=None) -> int:
             caption_cache.popitem(last=False)
         return torch.stack(ys).to(device), torch.stack(ms).to(device)
 
+    def data_failures() -> dict:
+        return getattr(dataset, "failures", {})
+
     bar = tqdm(total=tc["max_steps"], initial=state.step, disable=not accelerator.is_main_process, desc="train")
-    t_log, seen, losses, last = time.perf_counter(), 0, [], None
+    t_log, seen, losses, last, micro = time.perf_counter(), 0, [], None, 0
     loader_gen = torch.Generator().manual_seed(tc["seed"])
+    drop_p = inner.config.class_dropout_prob
+    run["step"] = state.step
     model.train()
-    while state.step < tc["max_steps"]:
-        sampler.set_epoch(state.epoch, state.position)
-        dataset.epoch = state.epoch  # a new random frame window per epoch (deterministic, so resume is exact)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                             num_workers=dc["num_workers"], generator=loader_gen)
-        for batch in loader:
-            for clip_id, reason in dataset.note_failures(batch).items():  # read in a loader worker or here
-                print(f"[rank {rank}] skipping clip {clip_id}: {reason}", flush=True)
-            empty = not batch["clip_id"]  # every clip of the batch failed (trainer.data: never replaced)
-            if world > 1:  # all processes skip together: a lone skip would pair DDP's gradient all-reduces wrongly
-                empty = bool(accelerator.gather(torch.tensor([int(empty)], device=device)).any())
-            if empty:
+    try:
+        while state.step < tc["max_steps"]:
+            sampler.set_epoch(state.epoch, state.position)
+            dataset.epoch = state.epoch  # a new random frame window per epoch (deterministic, so resume is exact)
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                                 num_workers=dc["num_workers"], generator=loader_gen)
+            for batch in loader:
+                for clip_id, reason in dataset.note_failures(batch).items():  # read in a loader worker or here
+                    bar.write(f"[rank {rank}] data: clip {clip_id} could not be read and is not trained on: {reason}")
+                empty = not batch["clip_id"]  # every clip of the batch failed (trainer.data: never replaced)
+                if world > 1:  # all processes skip together: a lone skip would pair DDP's all-reduces wrongly
+                    empty = bool(accelerator.gather(torch.tensor([int(empty)], device=device)).any())
+                if empty:
+                    state.position += 1
+                    continue
+                with accelerator.accumulate(model):
+                    if "latents" in batch:  # pre-extracted features (trainer.extract)
+                        x0, y, mask = batch["latents"].to(device), batch["y"].to(device), batch["mask"].to(device)
+                    else:
+                        x0 = vae.encode(batch["video"].to(device))  # (B, C, T, H, W)
+                        y, mask = encode_text(batch["caption"])  # (B, L, C_text), (B, L)
+                    gens = sample_generators(tc["seed"], state.step, micro, batch["clip_id"])
+                    drop = torch.tensor([torch.rand(1, generator=g).item() < drop_p for g in gens], device=device)
+                    loss = diffusion.loss(model, x0, y, mask, generator=gens, drop=drop)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and oc["grad_clip"]:
+                        accelerator.clip_grad_norm_(model.parameters(), oc["grad_clip"])
+                    for g in opt.param_groups:  # linear warmup, then constant
+                        g["lr"] = oc["lr"] * min(1.0, (state.step + 1) / max(1, oc["warmup_steps"]))
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
                 state.position += 1
-                continue
-            with accelerator.accumulate(model):
-                if "latents" in batch:  # pre-extracted features (trainer.extract)
-                    x0, y, mask = batch["latents"].to(device), batch["y"].to(device), batch["mask"].to(device)
-                else:
-                    x0 = vae.encode(batch["video"].to(device))  # (B, C, T, H, W)
-                    y, mask = encode_text(batch["caption"])  # (B, L, C_text), (B, L)
-                loss = diffusion.loss(model, x0, y, mask)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and oc["grad_clip"]:
-                    accelerator.clip_grad_norm_(model.parameters(), oc["grad_clip"])
-                for g in opt.param_groups:  # linear warmup, then constant
-                    g["lr"] = oc["lr"] * min(1.0, (state.step + 1) / max(1, oc["warmup_steps"]))
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            state.position += 1
-            seen += len(x0) * world
-            losses.append(loss.detach())
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            ema.step(accelerator.unwrap_model(model).parameters())
-            bar.update(1)
-            if state.step % tc["log_every"] == 0 or state.step == tc["max_steps"]:
-                last = accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
-                rate = seen / (time.perf_counter() - t_log)
-                failed = int(accelerator.gather(torch.tensor([len(dataset.failures)], device=device)).sum())
-                metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"],
-                           "failed_clips": failed}
-                accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=state.step)
-                if accelerator.is_main_process:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(metrics) + "\n")
-                bar.set_postfix(loss=f"{last:.4f}", samples_s=f"{rate:.1f}")
-                t_log, seen, losses = time.perf_counter(), 0, []
-            if state.step % tc["ckpt_every"] == 0 or state.step == tc["max_steps"]:
-                save_checkpoint(accelerator, out_dir, state.step, model, ema, state, cfg, text_path, tc["keep_last"])
-            if args.kill_at_step is not None and state.step == args.kill_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if state.step >= tc["max_steps"]:
-                break
-        else:
-            state.epoch, state.position = state.epoch + 1, 0
-    bar.close()
+                seen += len(x0) * world
+                losses.append(loss.detach())
+                if not accelerator.sync_gradients:
+                    micro += 1
+                    continue
+                micro = 0
+                state.step += 1
+                run["step"] = state.step
+                ema.step(inner.parameters())
+                bar.update(1)
+                if state.step % tc["log_every"] == 0 or state.step == tc["max_steps"]:
+                    last = accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
+                    rate = seen / (time.perf_counter() - t_log)
+                    failed = int(accelerator.gather(torch.tensor([len(data_failures())], device=device)).sum())
+                    metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"],
+                               "data_failures": failed}  # summed over processes (a clip may count on two)
+                    accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=state.step)
+                    if accelerator.is_main_process:
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps(metrics) + "\n")
+                    bar.set_postfix(loss=f"{last:.4f}", samples_s=f"{rate:.1f}")
+                    t_log, seen, losses = time.perf_counter(), 0, []
+                if state.step % tc["ckpt_every"] == 0 or state.step == tc["max_steps"]:
+                    save_checkpoint(accelerator, out_dir, state.step, model, ema, state, cfg, text_path, tc["keep_last"])
+                if state.step in (args.kill_at_step, args.interrupt_at_step):
+                    os.kill(os.getpid(), signal.SIGKILL if state.step == args.kill_at_step else signal.SIGINT)
+                if state.step >= tc["max_steps"]:
+                    break
+            else:
+                state.epoch, state.position = state.epoch + 1, 0
+    finally:
+        bar.close()  # before any message about an interruption
     accelerator.end_training()
     final = checkpoints(out_dir)
+    failed = len(data_failures())
     accelerator.print(f"done: {state.step} steps, last logged loss "
                       f"{'n/a' if last is None or math.isnan(last) else f'{last:.4f}'}, "
-                      f"checkpoint {final[-1] if final else 'none'}")
+                      f"checkpoint {final[-1] if final else 'none'}"
+                      + (f", {failed} clip(s) could not be read (data_failures in metrics.jsonl)" if failed else ""))
     return 0
 
 
