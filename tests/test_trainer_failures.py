@@ -30,7 +30,8 @@ def test_training_reports_a_corrupt_clip_read_in_a_loader_worker(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = proc.stdout + proc.stderr
-    assert f"skipping clip {df.loc[1, 'clip_id']}" in log and log.count("skipping clip") == 1
+    line = f"data: clip {df.loc[1, 'clip_id']} could not be read and is not trained on"
+    assert line in log and log.count("could not be read and is not trained on") == 1
     metrics = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]
-    assert metrics[-1]["failed_clips"] == 1
+    assert metrics[-1]["data_failures"] == 1

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from index.engine import UsageError  # a user mistake: one line, exit code 2
 import yaml
 from safetensors.torch import load_file, save_file
 
+from index.engine import UsageError  # a user mistake: one line, exit code 2
 from index.files import atomic_write_text
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' file name: STDiT.from_pretrained reads it
