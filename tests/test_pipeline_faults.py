@@ -235,7 +235,7 @@ def test_hostile_corpus_and_a_source_deleted_between_stages(raw, tiny_vlm, tmp_p
     dropped = set(idx.loc[~idx["keep"].astype(bool), "clip_id"])
     assert set(shards["clip_id"]) | dropped == set(cap["clip_id"])  # in a shard or a known duplicate
     # without dedup every hostile clip (rotated, anamorphic, VFR, first PTS at 3 s) is cut into a shard
-    run_ok([*cmds["shards"][:4], "-o", str(work / "all"), "--no-dedup"])
+    run_ok([*cmds["shards"][:4], "-o", str(work / "all"), "--no-dedup", "--allow-flags", "all"])
     everything = pd.read_parquet(work / "all" / "index.parquet")
     assert set(everything["clip_id"]) == set(cap["clip_id"])
     assert leftovers(work) == []

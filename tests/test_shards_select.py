@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from huggingface_hub import DatasetCard
 
-from index.manifest import read_manifest, write_manifest
+from index.manifest import read_manifest, write_manifest, write_provenance
 from index.shards.cli import shards_main
 from test_shards_data import make_shards_dataset, scores  # noqa: F401  (scores: a fixture)
 
@@ -32,12 +32,12 @@ def source(tmp_path, scores):  # noqa: F811
     df["caption_model"], df["prompt_id"] = "tiny-vlm", "describe_v1"
     df.loc[other, "aesthetic"] = 6.0  # the flags, not the filters, decide these two
     write_manifest(df, data["manifest"])
-    split = data["folder"] / ".parts" / "split"
-    split.mkdir(parents=True)
-    (split / "config.json").write_text(json.dumps({"detector": "transnetv2", "detector_options": {"threshold": 0.5},
-                                                   "min_sec": 0.5, "max_sec": 10}))
-    (data["folder"] / "failed.jsonl").write_text(json.dumps({"path": "raw/broken.mp4", "stage": "split",
-                                                             "reason": "undecodable frames (invalid data)"}) + "\n")
+    split = data["folder"] / "split"  # the split step's own folder, named in the manifest's provenance.json
+    write_provenance(split, "split", {"detector": "transnetv2", "detector_options": {"threshold": 0.5},
+                                      "min_sec": 0.5, "max_sec": 10})
+    write_provenance(data["folder"], "caption", {"model": "tiny-vlm"}, source=split)
+    (split / "failed.jsonl").write_text(json.dumps({"path": "raw/broken.mp4", "stage": "split",
+                                                    "reason": "undecodable frames (invalid data)"}) + "\n")
     return data, df
 
 

@@ -52,9 +52,10 @@ SCORES = ("motion", "motion_max", "sharpness", "brightness", "black_frac", "text
           "text_match", "nsfw")  # shown first, in this order; any other numeric column is a score too
 PROPERTIES = ("duration", "num_frames", "width", "height", "fps", "caption_tokens")
 HIDDEN = {"start_frame", "end_frame", "start_sec", "end_sec", "dup_group", "keep", "offset", "size",
-          "aspect_ratio", "caption_retries", "x_batch", "extra", "dropped"}
-TEXT = {"clip_id", "key", "video_path", "video_sha256", "caption", "caption_flags", "clip_path", "frame_times",
-        "shard", "x_frame_hash"}
+          "aspect_ratio", "caption_retries", "x_batch", "extra", "dropped",
+          "clip_num_frames", "clip_fps", "clip_width", "clip_height"}  # the written clip's (build-shards' clip options)
+TEXT = {"clip_id", "key", "file", "video_path", "video_sha256", "caption", "caption_flags", "clip_path",
+        "frame_times", "shard", "x_frame_hash"}
 MAX_CATEGORIES = 50
 
 
