@@ -166,6 +166,7 @@ class RunReport:
     failed: int = 0  # failed now
     seconds: float = 0.0
     processed: list = field(default_factory=list)  # the units that succeeded now
+    weight: int = 0  # what the units processed now stand for (videos, clips)
 
 
 def run_stage(stage: Stage, store, options: EngineOptions | None = None, progress=None) -> RunReport:
@@ -186,6 +187,7 @@ def run_stage(stage: Stage, store, options: EngineOptions | None = None, progres
             store.fail(f"{unit.key}-{k}", unit.path, f"clip {item}: {reason}", ids=(item,))
         store.write(unit.key, out.rows)
         report.done += 1
+        report.weight += unit.weight
         report.processed.append(unit)
         bar.advance(unit.weight, unit.path)
 
@@ -193,22 +195,18 @@ def run_stage(stage: Stage, store, options: EngineOptions | None = None, progres
         store.fail(unit.key, unit.path, reason, ids=unit.ids)
         report.done += 1
         report.failed += 1
+        report.weight += unit.weight
         bar.advance(unit.weight, unit.path)
 
+    run = _run_ray if opts.engine == "ray" else _run_here if opts.workers <= 1 or len(todo) == 1 else _run_pool
     try:
         with bar:
-            if not todo:
-                pass
-            elif opts.engine == "ray":
-                _run_ray(stage, todo, ok, fail, opts)
-            elif opts.workers <= 1 or len(todo) == 1:
-                _run_here(stage, todo, ok, fail)
-            else:
-                _run_pool(stage, todo, ok, fail, opts.workers)
+            if todo:
+                run(stage, todo, ok, fail, opts)
     except KeyboardInterrupt:
-        out = store.dir.parent.parent
-        raise Interrupted(f"{report.done} of {len(todo)} {stage.unit_name} finished in this run are kept in "
-                          f"{out}") from None
+        total = sum(u.weight for u in todo)
+        raise Interrupted(f"{report.weight} of {total} {stage.unit_name} done in this run are kept in "
+                          f"{store.dir.parent.parent}") from None
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -225,7 +223,7 @@ def _attempt(stage: Stage, state, unit: Unit, prepared: bool = False) -> tuple[s
 
 # ---------------------------------------------------------------- this process
 
-def _run_here(stage: Stage, todo: list[Unit], ok, fail) -> None:
+def _run_here(stage: Stage, todo: list[Unit], ok, fail, opts: EngineOptions) -> None:
     state = stage.load()
     for unit in todo:
         status, payload = _attempt(stage, state, unit)
@@ -281,7 +279,8 @@ def _stop(pool: ProcessPoolExecutor) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _run_pool(stage: Stage, todo: list[Unit], ok, fail, workers: int) -> None:
+def _run_pool(stage: Stage, todo: list[Unit], ok, fail, opts: EngineOptions) -> None:
+    workers = opts.workers
     pending, suspects = list(reversed(todo)), []
     while pending:
         pool = _pool(stage, workers)
