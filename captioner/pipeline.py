@@ -191,7 +191,6 @@ class CaptionStage(Stage):
 
     def __init__(self, df: pd.DataFrame, store: PartStore, captioner: Captioner, build, decode_ahead: bool = False):
         self.df, self.captioner, self.build = df, captioner, build
-        self.name = store.stage
         self.has_prepare = bool(decode_ahead)  # Ray: frames decoded in CPU tasks ahead of the model actors
         self.model_id, self.prompt_id = captioner.model_id, captioner.prompt_id
         self.decoder_key = (json.dumps(captioner.config(), sort_keys=True, default=str), captioner.chunk_clips)

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorers", default="default", metavar="LIST",
                    help=f"comma list of scorers or their columns ({', '.join(SCORERS)}), 'all', or 'default': "
                         f"{', '.join(OFFLINE)}, plus {', '.join(MODEL_BASED[:2])} when their models are in the "
-                        "local cache (nsfw only when asked)")
+                        "local cache (nsfw only when asked); 'default,aesthetic' adds a scorer to the defaults "
+                        "(its model downloaded if need be)")
     p.add_argument("--sample-fps", type=float, default=2.0, metavar="F",
                    help="frames per second sampled from each clip (at least 3 frames per clip)")
     p.add_argument("--aesthetic-model", default=AESTHETIC_MODEL, metavar="ID",

@@ -55,18 +55,26 @@ def make_scorer(name: str, aesthetic_model: str = AESTHETIC_MODEL, aesthetic_hea
 
 def parse_names(spec: str) -> list[str] | str:
     """'default', 'all', or the scorer names of a comma list (columns mapped to their scorer), in registry
-    order; ValueError for a name that is neither."""
+    order, with 'default' first when the list names it too ('default,aesthetic': the defaults and the
+    aesthetic scorer, whether or not its model is cached); ValueError for a name that is neither."""
     spec = (spec or "default").strip()
     if spec in ("default", "all"):
         return spec
-    names = set()
+    names, default = set(), False
     for word in filter(None, (w.strip() for w in spec.split(","))):
+        if word == "default":
+            default = True
+            continue
         if word not in ALIASES and word not in SCORERS:
             raise ValueError(f"unknown scorer {word!r}; choose from: {', '.join(SCORERS)} (or all, default)")
         names.add(ALIASES.get(word, word))
     if not names:
-        raise ValueError("--scorers names no scorer")
-    return [n for n in SCORERS if n in names]
+        return "default" if default else _none()
+    return (["default"] if default else []) + [n for n in SCORERS if n in names]
+
+
+def _none():
+    raise ValueError("--scorers names no scorer")
 
 
 def select_scorers(spec: str, has_caption: bool, nsfw_asked: bool = False, **options) -> list[Scorer]:
@@ -86,7 +94,9 @@ def select_scorers(spec: str, has_caption: bool, nsfw_asked: bool = False, **opt
         if nsfw_asked:
             chosen.append(make_scorer("nsfw", **options))
     else:
-        chosen = [make_scorer(n, **options) for n in names]
+        chosen = select_scorers("default", has_caption, **options) if "default" in names else []
+        have = {s.name for s in chosen}
+        chosen += [make_scorer(n, **options) for n in names if n != "default" and n not in have]
         if nsfw_asked and "nsfw" not in names:
             chosen.append(make_scorer("nsfw", **options))
     if any(s.name == "text_match" for s in chosen) and not has_caption:

@@ -241,3 +241,11 @@ def test_raft_loads_a_torchvision_state_dict_by_path(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not a torchvision RAFT"):
         RAFTFlow(tmp_path / "other.pth").load()
+
+
+def test_default_plus_a_model_scorer_adds_it_to_the_defaults():
+    from scorer.registry import OFFLINE, parse_names
+
+    assert parse_names("default,aesthetic") == ["default", "aesthetic"]
+    assert parse_names("default") == "default" and parse_names("motion,default") == ["default", "motion"]
+    assert set(OFFLINE) >= {"motion", "sharpness"}

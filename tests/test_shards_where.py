@@ -101,3 +101,9 @@ def test_the_cli_refuses_a_bad_filter_before_any_work(tmp_path, capsys, scores):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and err.startswith("build-shards: error:")
         assert not out.exists()  # nothing was done
+
+
+def test_a_score_the_manifest_lacks_says_which_command_writes_it():
+    df = pd.DataFrame({"clip_id": ["a"], "motion": [0.5]})
+    with pytest.raises(WhereError, match=r"no column 'aesthetic'.*score-clips writes it \(--scorers default,aesthetic\)"):
+        parse_where("aesthetic >= 5 and motion > 0.3", df)

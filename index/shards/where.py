@@ -139,14 +139,22 @@ def _kind_of(s: pd.Series) -> str:
     return "text"
 
 
+SCORE_HINTS = {"aesthetic": "default,aesthetic", "text_match": "default,text_match", "nsfw": "default,nsfw",
+               **{c: "default" for c in ("motion", "motion_max", "camera_motion", "sharpness", "brightness",
+                                         "black_frac", "text_area", "text_static", "bpp")}}
+
+
 def nearest_column(name: str, columns) -> str:
     """`no column 'x'` plus the nearest column's name (or the list when none is near)."""
     cols = [str(c) for c in columns]
     near = difflib.get_close_matches(name, cols, n=1, cutoff=0.5) or difflib.get_close_matches(
         name.lower(), [c.lower() for c in cols], n=1, cutoff=0.0)
+    hint = ""
+    if name in SCORE_HINTS:  # a score the manifest was not given: say which command writes it
+        hint = f"; score-clips writes it (--scorers {SCORE_HINTS[name]})"
     if near:
         match = next(c for c in cols if c.lower() == near[0].lower())
-        return f"no column {name!r} in the manifest (nearest: {match})"
+        return f"no column {name!r} in the manifest (nearest: {match}){hint}"
     return f"no column {name!r} in the manifest (columns: {', '.join(cols)})"
 
 
