@@ -189,8 +189,8 @@ def main(argv=None) -> None:
           "| generate s (share) |")
     print("|---|---|---|---|---|---|---|")
     for name, rs in runs.items():
-        cells = [spread(n / r["wall_s"] for r in rs).text(), spread(r["tokens"] / r["wall_s"] for r in rs).text("{:.1f}"),
-                 spread(r["wall_s"] for r in rs).text()]
+        cells = [spread(n / r["wall_s"] for r in rs).text(),
+                 spread(r["tokens"] / r["wall_s"] for r in rs).text("{:.1f}"), spread(r["wall_s"] for r in rs).text()]
         for part in PARTS:  # the median seconds, and the median share of the wall time
             sec = spread(r[part] for r in rs).median
             share = spread(r[part] / r["wall_s"] for r in rs).median
