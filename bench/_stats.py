@@ -91,8 +91,8 @@ def load_average() -> str:
     return f"{os.cpu_count()} CPUs, load average {load}"
 
 
-def repeats_note(repeats: int) -> str:
+def repeats_note(repeats: int, alternating: bool = True) -> str:
     """The legend a bench prints above its figures."""
     if repeats == 1:
         return "1 run per side (no spread: pass --repeats N for one)"
-    return f"median (min-max) over {repeats} repeats, the sides alternating"
+    return f"median (min-max) over {repeats} repeats" + (", the sides alternating" if alternating else "")

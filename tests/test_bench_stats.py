@@ -42,4 +42,5 @@ def test_ratio_pairs_the_runs_of_one_repeat():
 
 def test_repeats_note_says_when_there_is_no_spread():
     assert "no spread" in repeats_note(1)
-    assert "median (min-max) over 3 repeats" in repeats_note(3)
+    assert repeats_note(3) == "median (min-max) over 3 repeats, the sides alternating"
+    assert repeats_note(3, alternating=False) == "median (min-max) over 3 repeats"
