@@ -3,6 +3,8 @@
 Both models get the same width, depth (STDiT blocks vs Latte spatial+temporal block pairs), heads, patch,
 token count, caption length and batch. Reported: median forward+backward time per step, tokens/s, and memory
 (CUDA: peak allocated; CPU: bytes of activations saved for backward, a deterministic proxy). Target ratio <= 1.0.
+The timed steps alternate between the models (the order reversed every other step); times are the median and
+spread (min-max) over --steps, the time ratio is taken per step pair (median and spread).
 
     python bench/train_speed.py                          # CPU, a small config
     python bench/train_speed.py --device cuda --dtype bf16 --hidden 1152 --depth 28 --heads 16 \
@@ -12,7 +14,6 @@ token count, caption length and batch. Reported: median forward+backward time pe
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _stats import interleave, load_average, per_repeat, repeats_note, spread  # noqa: E402
 from trainer.model import build_stdit  # noqa: E402
 
 
@@ -82,9 +84,14 @@ def main(argv=None) -> int:
     p.add_argument("--caption-len", type=int, default=32)
     p.add_argument("--caption-channels", type=int, default=128)
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (interleaved)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     a = p.parse_args(argv)
+    if a.steps < 1:
+        p.error("--steps must be at least 1")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
     torch.manual_seed(0)
@@ -94,7 +101,7 @@ def main(argv=None) -> int:
         "latte": build_latte(a),
     }
     tokens = a.batch * a.frames * (a.latent // 2) ** 2
-    steps, times, memory = {}, {k: [] for k in models}, {}
+    steps, memory = {}, {}
     for name, model in models.items():
         model.to(device).train()
         steps[name] = step_fn(name, model, a, device, dtype)
@@ -110,24 +117,29 @@ def main(argv=None) -> int:
             with saved_bytes(counter):
                 steps[name]()
             memory[name] = counter[0]
-    for _ in range(a.steps):  # interleave the models so background load hits both alike
-        for name in models:
+    def timed(name):
+        def run():
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             steps[name]()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
+            return time.perf_counter() - t0
+        return run
+
+    times = interleave(a.steps, {name: timed(name) for name in models})  # background load hits both alike
     print(f"config: hidden {a.hidden}, depth {a.depth}, heads {a.heads}, {a.frames}x{a.latent}x{a.latent} latents, "
-          f"batch {a.batch}, {tokens} tokens/step, {a.dtype} on {device}")
-    med = {k: statistics.median(v) for k, v in times.items()}
+          f"batch {a.batch}, {tokens} tokens/step, {a.dtype} on {device}, torch threads {torch.get_num_threads()}; "
+          f"{load_average()}")
+    print(f"  step times: {repeats_note(a.steps)}")
     for name, model in models.items():
         params = sum(q.numel() for q in model.parameters()) / 1e6
-        print(f"  {name:6s} {params:7.2f}M params  {med[name] * 1000:9.1f} ms/step  {tokens / med[name]:10.0f} tokens/s"
-              f"  memory {memory[name] / 2**20:9.1f} MiB")
-    print(f"ratio STDiT/Latte: time {med['stdit'] / med['latte']:.2f}, memory {memory['stdit'] / memory['latte']:.2f}"
-          f" (target <= 1.0)")
+        ms = spread(t * 1000 for t in times[name])
+        print(f"  {name:6s} {params:7.2f}M params  {ms.text('{:.1f}', ' ms/step'):>28s}  "
+              f"{tokens / ms.median * 1000:10.0f} tokens/s  memory {memory[name] / 2**20:9.1f} MiB")
+    print(f"ratio STDiT/Latte: time {per_repeat(times['stdit'], times['latte']).text()}, "
+          f"memory {memory['stdit'] / memory['latte']:.2f} (target <= 1.0)")
     return 0
 
 
