@@ -5,23 +5,23 @@ decode per clip, batch size 1), measured in the same run, alternating, over seve
     python bench/captioner.py --videos 1 --seconds 12 --max-new-tokens 32    # a dry run
 
 Both sides caption the same clips with the same random model, prompt, frame indices and token budget (greedy,
-one pass, no retries; a random model rarely stops early, so both generate about the full budget). The
-optimized path is `captioner.frames.load_clip_frames` (one sequential decode per source video, resized in the
-decoder to the model's frame size) plus the transformers backend's batched `generate` over each source's
-clips, as caption-videos runs them. Printed per side: clips/s, output tokens/s and wall time as the median and
-spread (min-max) over the repeats, and where the time went (decode; preprocess = processor + chat template;
-generate) in seconds and as shares of the wall time; then the speed-up, taken per repeat, as its median and
-spread.
+one pass, no retries; a random model rarely stops early, so both generate about the full budget), and both
+decode on one thread, as `index.video` does. The optimized path is `captioner.frames.load_clip_frames` (one
+sequential decode per source video, resized in the decoder to the model's frame size) plus the transformers
+backend's batched `generate` over each source's clips, as caption-videos runs them. Printed per side:
+clips/s, output tokens/s and wall time as the median and spread (min-max) over the repeats, and where the
+time went (decode; preprocess = processor + chat template; generate) in seconds and as shares of the wall
+time; then the speed-up, taken per repeat, as its median and spread.
 
 Sizing, so that the work resembles a real captioning job. There a 7B VLM on a GPU spends nearly all of a
-batch-1 caption in generate (hundreds of tokens at tens of milliseconds each, the prefill of the frames a
-few % of it) and a fraction of a second decoding the clip's frames. A 64-wide model with 32 new tokens spent
-its time in per-call overhead instead, and on a shared machine in torch's threads waiting for each other.
-The defaults: a 4-layer, 256-wide random Qwen2.5-VL on one torch thread, caption-videos' own budget of 256
-new tokens and 8 frames, 640x360 sources whose frames the tiny processor takes at 12,544 pixels (the same
-~18x reduction a real processor's 151,200 pixels makes of a 1080p source, with a tenth of the visual
-tokens, so the prefill stays a small part of generate as it is on a GPU). Measured on a 2-core CPU (43
-clips), the naive loop spends about 91 % of its time in generate, 8 % decoding, 1 % preprocessing; the
+batch-1 caption in generate (hundreds of tokens at tens of milliseconds each; the prefill of the frames is a
+small part of it) and a fraction of a second decoding the clip's frames. A 64-wide model with 32 new tokens
+spent its time in per-call overhead instead, and on a shared machine in torch's threads waiting for each
+other. The defaults: a 4-layer, 256-wide random Qwen2.5-VL on one torch thread, caption-videos' own budget
+of 256 new tokens and 8 frames, 640x360 sources whose frames the tiny processor takes at 12,544 pixels (the
+~18x reduction a real processor's 151,200 pixels makes of a 1080p source, with a tenth of the visual tokens,
+so that the prefill stays about a tenth of a batch-1 generate here). Measured on a 2-core CPU (43 clips),
+the naive loop spends about 91 % of its time in generate, 8 % decoding and 1 % preprocessing; the
 caption-videos path about 88 % in generate and 11 % decoding (one decode per source at the model's size, a
 larger share since generate got faster). One repeat takes about 40 s (naive) and 13 s (caption-videos); the
 whole run about 4.5 minutes, 1.5 of them making the videos and loading the model. The figure is a CPU
