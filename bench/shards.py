@@ -15,7 +15,7 @@ spread (min-max) over the repeats, and the ratio shards / copy taken per repeat 
   offsets pandas.read_parquet of the (shard, offset, size) table build-shards writes as index.parquet
 The cut rate is printed for information.
 
-    python bench/shards.py            # 1024 MB, 5 repeats (1-2.5 s per repeat and side; about 1.5 minutes)
+    python bench/shards.py            # 1024 MB, 7 repeats (1-2.5 s per repeat and side; under a minute)
     python bench/shards.py --mb 64    # quicker try
 """
 
@@ -109,7 +109,7 @@ def main(argv=None):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--mb", type=int, default=1024, help="megabytes of clips to write")
     ap.add_argument("--shard-size", default="100MB", help="largest shard, as build-shards --shard-size")
-    ap.add_argument("--repeats", "--repeat", type=int, default=5,
+    ap.add_argument("--repeats", "--repeat", type=int, default=7,
                     help="runs per side, alternating; median and spread printed")
     ap.add_argument("--dir", default=None, help="scratch folder (None: a temp folder)")
     args = ap.parse_args(argv)
