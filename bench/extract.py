@@ -10,6 +10,9 @@ every clip's text features have the real size (1.9 MB in float32). For each size
 Peak memory is the process's peak RSS minus its RSS once the encoders and the dataset are loaded. The features
 are written to --work-dir (about 2.2 MB per clip with the defaults: 22 GB for 10,000) and deleted afterwards.
 
+One measurement per size and method by default (10,000 clips write 22 GB); --repeats N measures each N times,
+alternating, and prints the median and spread (min-max), the ratio baseline / shards taken per repeat.
+
     python bench/extract.py                                              # 1,000 and 10,000 clips
     python bench/extract.py --clips 40 160 --tokens 16 --text-dim 256    # dry run
 """
@@ -31,6 +34,9 @@ if __package__ in (None, ""):
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+
+sys.path.append(str(Path(__file__).resolve().parent))  # bench/_stats, also when run as a module
+from _stats import interleave, per_repeat, repeats_note, spread  # noqa: E402
 
 from trainer.data import TrainingDataset  # noqa: E402
 
@@ -136,10 +142,13 @@ def main() -> int:
     p.add_argument("--shard-clips", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--work-dir", default=None, help="where the features are written (default: system temp)")
+    p.add_argument("--repeats", type=int, default=1, help="measurements per size and method, alternating")
     p.add_argument("--child", choices=["shards", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--clips-one", dest="clips_one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     if args.child:
         args.mode, args.clips = args.child, args.clips_one
         child(args)
@@ -148,18 +157,27 @@ def main() -> int:
     per_clip = (3 * T * H * W + args.tokens * args.text_dim) * 4 + args.tokens
     print(f"bucket {T}x{H}x{W} (pixels VAE), text {args.tokens} tokens x {args.text_dim}, "
           f"{per_clip / 2**20:.2f} MB of features per clip, shards of {args.shard_clips} clips")
-    print(f"{'clips':>8} {'shards peak MB':>15} {'baseline peak MB':>17} {'baseline/shards':>16} {'s (shards)':>11}")
+    print(repeats_note(args.repeats))
+    print(f"{'clips':>8} {'shards peak MB':>22} {'baseline peak MB':>22} {'baseline/shards':>22} {'s (shards)':>22}")
     first = None
     for n in args.clips:
-        shards = measure(args, "shards", n)
-        base = measure(args, "baseline", n) if n <= args.baseline_max else None
-        first = first or shards["peak_mb"]
-        b_text = f"{base['peak_mb']:17.0f} {base['peak_mb'] / max(shards['peak_mb'], 1e-9):15.1f}x" if base \
-            else f"{'(not run)':>17} {'':>16}"
-        print(f"{n:8d} {shards['peak_mb']:15.0f} {b_text} {shards['seconds']:11.1f}", flush=True)
+        runs = {"shards": lambda n=n: measure(args, "shards", n)}
+        if n <= args.baseline_max:
+            runs["baseline"] = lambda n=n: measure(args, "baseline", n)
+        got = interleave(args.repeats, runs)
+        peaks = {m: [r["peak_mb"] for r in rs] for m, rs in got.items()}
+        shards = spread(peaks["shards"])
+        first = first or shards.median
+        if "baseline" in got:
+            ratio = per_repeat(peaks["baseline"], [max(v, 1e-9) for v in peaks["shards"]])
+            b_text = f"{spread(peaks['baseline']).text('{:.0f}'):>22s} {ratio.text('{:.1f}', 'x'):>22s}"
+        else:
+            b_text = f"{'(not run)':>22s} {'':>22s}"
+        secs = spread(r["seconds"] for r in got["shards"])
+        print(f"{n:8d} {shards.text('{:.0f}'):>22s} {b_text} {secs.text('{:.1f}'):>22s}", flush=True)
     if len(args.clips) > 1:
-        print(f"shards peak at {args.clips[-1]} clips / at {args.clips[0]} clips: "
-              f"{shards['peak_mb'] / max(first, 1e-9):.2f} (flat: about 1; the clips grew "
+        print(f"shards peak at {args.clips[-1]} clips / at {args.clips[0]} clips (medians): "
+              f"{shards.median / max(first, 1e-9):.2f} (flat: about 1; the clips grew "
               f"{args.clips[-1] / args.clips[0]:.0f}x)")
     return 0
 

@@ -4,15 +4,15 @@
 
 Writes a synthetic manifest of `--clips` rows (the record's columns plus a caption of about 200 characters) as
 `--parts` part files, as a stage leaves them, then merges them into one sorted frame both ways, each run in a
-fresh process so its peak memory (max RSS) is its own. Prints the median and spread of the wall time and the
-peak memory, and the ratios (shotcap / pandas).
+fresh process so its peak memory (max RSS) is its own, the two alternating (the order reversed every other
+repeat). Prints the median and spread (min-max) of the wall time and the peak memory, and the ratios
+(shotcap / pandas) taken per repeat, as their median and spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _stats import interleave, load_average, per_repeat, repeats_note, spread  # noqa: E402
 
 WORDS = "a red square moves slowly across a textured green field while the camera pans to the left".split()
 
@@ -85,6 +87,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     if args.one:
         one(*args.one)
         return 0
@@ -93,19 +97,16 @@ def main() -> int:
         t0 = time.perf_counter()
         make_parts(folder, args.clips, args.parts)
         print(f"{args.clips:,} clips in {args.parts:,} parts written in {time.perf_counter() - t0:.1f} s")
-        runs = {"shotcap": [], "pandas": []}
-        for _ in range(args.repeats):
-            for method in runs:  # interleaved, so a slower moment of the machine hits both
-                runs[method].append(measure(method, folder))
+        runs = interleave(args.repeats, {m: (lambda m=m: measure(m, folder)) for m in ("shotcap", "pandas")})
         assert {r["rows"] for rs in runs.values() for r in rs} == {args.clips // args.parts * args.parts}
-        stats = {}
-        for method, rs in runs.items():
-            secs, peaks = [r["seconds"] for r in rs], [r["peak_mib"] for r in rs]
-            stats[method] = (statistics.median(secs), statistics.median(peaks))
-            print(f"{method:8s} merge {statistics.median(secs):7.2f} s (min {min(secs):.2f}, max {max(secs):.2f})"
-                  f"   peak {statistics.median(peaks):7.0f} MiB (min {min(peaks):.0f}, max {max(peaks):.0f})")
-        print(f"ratio shotcap / pandas.concat: time {stats['shotcap'][0] / stats['pandas'][0]:.2f}, "
-              f"peak memory {stats['shotcap'][1] / stats['pandas'][1]:.2f}")
+        print(f"{load_average()}; {repeats_note(args.repeats)}")
+        secs = {m: [r["seconds"] for r in rs] for m, rs in runs.items()}
+        peaks = {m: [r["peak_mib"] for r in rs] for m, rs in runs.items()}
+        for method in runs:
+            print(f"{method:8s} merge {spread(secs[method]).text('{:.2f}', ' s'):>24s}   "
+                  f"peak {spread(peaks[method]).text('{:.0f}', ' MiB')}")
+        print(f"ratio shotcap / pandas.concat: time {per_repeat(secs['shotcap'], secs['pandas']).text()}, "
+              f"peak memory {per_repeat(peaks['shotcap'], peaks['pandas']).text()}")
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _stats import load_average, repeats_note, spread  # noqa: E402
 
 
 def make_corpus(raw: Path, gb: float, videos: int, size: tuple[int, int]) -> int:
@@ -93,6 +94,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work-dir", default=None, help="where the corpus and outputs go (default: a temp folder)")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     size = tuple(int(x) for x in args.size.split("x"))
     from captioner.testing import build_tiny_model
 
@@ -109,17 +112,15 @@ def main() -> int:
         for _ in range(args.repeats):
             for name, argv in steps:
                 again[name].append(run(argv))
+        print(f"{load_average()}; re-runs: {repeats_note(args.repeats, alternating=False)}")
         print(f"{'stage':8s} {'first run s':>12s} {'re-run s (median, min-max)':>28s} {'ratio':>7s}")
         for name, _ in steps:
-            med = statistics.median(again[name])
-            print(f"{name:8s} {first[name]:12.1f} {med:12.2f} ({min(again[name]):.2f}-{max(again[name]):.2f})"
-                  f"{'':6s} {100 * med / first[name]:6.2f}%")
+            med = spread(again[name])
+            print(f"{name:8s} {first[name]:12.1f} {med.text():>28s} {100 * med.median / first[name]:6.2f}%")
         total_first = sum(first.values())
-        totals = [sum(again[name][k] for name, _ in steps) for k in range(args.repeats)]
-        med = statistics.median(totals)
-        print(f"{'all':8s} {total_first:12.1f} {med:12.2f} ({min(totals):.2f}-{max(totals):.2f})"
-              f"{'':6s} {100 * med / total_first:6.2f}%")
-        print(f"no-op re-run of every stage / first run: {100 * med / total_first:.2f} % (target < 2 %)")
+        totals = spread(sum(again[name][k] for name, _ in steps) for k in range(args.repeats))
+        print(f"{'all':8s} {total_first:12.1f} {totals.text():>28s} {100 * totals.median / total_first:6.2f}%")
+        print(f"no-op re-run of every stage / first run: {100 * totals.median / total_first:.2f} % (target < 2 %)")
     finally:
         if not args.work_dir:
             shutil.rmtree(tmp, ignore_errors=True)

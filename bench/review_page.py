@@ -10,7 +10,8 @@
    screenshot of the page with a threshold set (a PNG quantised to at most 150 KB) for the README.
 2. A synthetic index.parquet of --clips rows (no previews) and of --clips / 10 rows (the baseline), each through
    review-clips --no-previews and opened in headless Chromium (Debian's, driven by Playwright): the time to a
-   ready page and to apply a threshold, and their ratio to the baseline's (10x the clips).
+   ready page and to apply a threshold, and their ratio to the baseline's (10x the clips). Each page is opened
+   --repeats times, the two alternating; times are the median and spread (min-max), ratios taken per repeat.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _stats import interleave, load_average, per_repeat, repeats_note, spread  # noqa: E402
 from index.manifest import read_manifest, write_manifest  # noqa: E402
 from index.shards.review import main as review_main  # noqa: E402
 from index.synth import COLOURS, ShotSpec, render  # noqa: E402
@@ -148,7 +150,10 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=10_000, help="rows of the large synthetic index")
     ap.add_argument("--screenshot", default=str(ROOT / "docs" / "review.png"), help="PNG to write ('' for none)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    ap.add_argument("--repeats", type=int, default=3, help="times each page is opened, alternating")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
@@ -169,23 +174,30 @@ def main() -> int:
             median = float(pd.read_parquet(shards / "index.parquet")["score_motion"].median().round(3))
             size = screenshot(browser, tmp / "review" / "index.html", median, Path(args.screenshot))
             print(f"screenshot: {args.screenshot} ({size / 1024:.0f} KB)")
-        rows = []
+        pages = {}
         for n in (max(10, args.clips // 10), args.clips):
             folder = big_index(tmp / f"big{n}", n)
             t0 = time.perf_counter()
             assert review_main([str(folder), "-o", str(tmp / f"page{n}"), "--no-previews"]) == 0
             write = time.perf_counter() - t0
-            ready, ms, shown = page_times(browser, tmp / f"page{n}" / "index.html")
             size = (tmp / f"page{n}" / "data.js").stat().st_size / 1e6
-            rows.append((n, write, size, ready, ms, shown))
+            pages[n] = (write, size)
+        opened = interleave(args.repeats, {n: (lambda n=n: page_times(browser, tmp / f"page{n}" / "index.html"))
+                                           for n in pages})
         browser.close()
-    print("\n| clips | review-clips --no-previews s | data.js MB | page ready s | threshold ms | shown |")
+    print(f"\n{load_average()}; page ready and threshold: {repeats_note(args.repeats)}")
+    print("| clips | review-clips --no-previews s | data.js MB | page ready s | threshold ms | shown |")
     print("|---|---|---|---|---|---|")
-    for n, write, size, ready, ms, shown in rows:
-        print(f"| {n:,} | {write:.2f} | {size:.1f} | {ready:.2f} | {ms:.1f} | {shown:,} |")
-    (b, *_), (n, *_) = rows
-    print(f"\n{n:,} clips against {b:,} (the baseline, 10x fewer): page ready {rows[1][3] / rows[0][3]:.2f}x, "
-          f"threshold {rows[1][4] / max(rows[0][4], 1e-3):.2f}x the time")
+    ready = {n: [r for r, _, _ in rs] for n, rs in opened.items()}
+    ms = {n: [max(m, 1e-3) for _, m, _ in rs] for n, rs in opened.items()}
+    for n, (write, size) in pages.items():
+        shown = {s for _, _, s in opened[n]}
+        print(f"| {n:,} | {write:.2f} | {size:.1f} | {spread(ready[n]).text()} | {spread(ms[n]).text('{:.1f}')} | "
+              f"{', '.join(f'{s:,}' for s in sorted(shown))} |")
+    b, n = pages
+    print(f"\n{n:,} clips against {b:,} (the baseline, 10x fewer): page ready "
+          f"{per_repeat(ready[n], ready[b]).text('{:.2f}', 'x')}, "
+          f"threshold {per_repeat(ms[n], ms[b]).text('{:.2f}', 'x')} the time")
     return 0
 
 

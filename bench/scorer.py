@@ -16,9 +16,10 @@ direction, or zooming, over a texture with detail at every scale; each shot is a
 and, when SHOTCAP_REALDATA holds them, the real clips bikes.mp4 and cityCC0.mpg cut at their shot boundaries.
 (`index.synth`'s smooth sinusoid backgrounds are no use here: full-resolution Farneback sees almost no
 motion in them, so the reference itself would be wrong.) Prints clips/s of each (median and min-max over
---repeats, the two alternating), the speed-up (target >= 3x), and the Spearman rank correlation of our
-`motion` with full-resolution Farneback over the same frame pairs (target >= 0.9), with the baseline's own
-Farneback between 2-fps samples and, on the synthetic clips, with the true motion.
+--repeats, the two alternating), the speed-up taken per repeat (median and min-max; target >= 3x), and the
+Spearman rank correlation of our `motion` with full-resolution Farneback over the same frame pairs (target
+>= 0.9), with the baseline's own Farneback between 2-fps samples and, on the synthetic clips, with the true
+motion.
 
     python bench/scorer.py                        # 8 synthetic sources (24 clips) + 7 real clips, 3 repeats
     python bench/scorer.py --sources 2 --repeats 1 --seconds 4     # a dry run
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scorer package, not this file
+
+from _stats import interleave, load_average, per_repeat, repeats_note, spread  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -259,10 +261,6 @@ class _Collect(SCORERS["brightness"]):
         return super().score(clip)
 
 
-def spread_text(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sources", type=int, default=8, help="synthetic 1280x720 sources (3 shots each)")
@@ -285,15 +283,10 @@ def main(argv=None) -> int:
     first = dict(list(sources.items())[:1])
     run_ours(first, scorers, flow)  # warm-up: models and caches loaded
     run_baseline(first, ocr)
-    ours_t, base_t = [], []
-    for rep in range(args.repeats):  # alternating, so a load change on the machine hits both
-        for which in (("ours", "base") if rep % 2 == 0 else ("base", "ours")):
-            if which == "ours":
-                t, ours = run_ours(sources, scorers, flow)
-                ours_t.append(len(rows) / t)
-            else:
-                t, base = run_baseline(sources, ocr)
-                base_t.append(len(rows) / t)
+    runs = interleave(args.repeats, {"ours": lambda: run_ours(sources, scorers, flow),  # alternating, so a load
+                                     "base": lambda: run_baseline(sources, ocr)})  # change hits both
+    ours_t, base_t = [len(rows) / t for t, _ in runs["ours"]], [len(rows) / t for t, _ in runs["base"]]
+    ours, base = runs["ours"][-1][1], runs["base"][-1][1]
     ref = reference_motion(sources)
     df = pd.DataFrame({cid: {"motion": ours[cid]["motion"], "same_pairs": ref[cid],
                              "sampled": base[cid]["motion_farneback"], "truth": truth.get(cid, np.nan)}
@@ -303,12 +296,12 @@ def main(argv=None) -> int:
         d = df[[a, b]].dropna()
         return d[a].rank().corr(d[b].rank()), len(d)
 
-    speedup = statistics.median(ours_t) / statistics.median(base_t)
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {len(rows)} clips from {len(sources)} "
-          f"sources ({len(rows) - len(truth)} real), {args.repeats} repeats")
-    print(f"ours (one decode at 256, DIS, all offline scorers): {spread_text(ours_t)} clips/s")
-    print(f"baseline (a full-resolution decode per scorer, Farneback): {spread_text(base_t)} clips/s")
-    print(f"speed-up: {speedup:.1f}x (target >= 3x: {'PASS' if speedup >= 3 else 'FAIL'})")
+    speedup = per_repeat(ours_t, base_t)
+    print(f"{load_average()}; {len(rows)} clips from {len(sources)} sources ({len(rows) - len(truth)} real); "
+          f"{repeats_note(args.repeats)}")
+    print(f"ours (one decode at 256, DIS, all offline scorers): {spread(ours_t).text()} clips/s")
+    print(f"baseline (a full-resolution decode per scorer, Farneback): {spread(base_t).text()} clips/s")
+    print(f"speed-up: {speedup.text('{:.1f}', 'x')} (target >= 3x: {'PASS' if speedup.median >= 3 else 'FAIL'})")
     r, n = rho("motion", "same_pairs")
     print(f"Spearman(motion, full-resolution Farneback on the same frame pairs) over {n} clips: {r:.3f} "
           f"(target >= 0.9: {'PASS' if r >= 0.9 else 'FAIL'})")

@@ -2,16 +2,20 @@
 finds every sample: index.parquet's offsets against scanning every tar header.
 
 Clips are cut once from a synthetic video (real H.264 mp4 bytes), repeated under distinct keys up to
---mb megabytes, and then, alternately and --repeat times each:
-  shards  index.shards.formats.webdataset.write_shard (webdataset.TarWriter): the tar members (mp4 + json),
-          temp file, fsync, rename, split at --shard-size like build-shards does
+--mb megabytes, and then, alternately (the order reversed every other repeat) and --repeats times each:
+  shards  what build-shards' webdataset writer runs for every shard it writes: `plan_shards` (split at
+          --shard-size by bucket) and `write_shard` (webdataset.TarWriter: each sample's mp4 and json members,
+          temp file, fsync, rename), with the manifest row as the JSON record
   copy    the same files read and appended to one output file with one fsync (the baseline)
-Both read the staged files from the page cache; the best run of each is reported. Then, best of --repeat:
+Both read the staged files from the page cache; one small untimed run of each comes first (the writer
+imports webdataset on first use). Printed: each side's seconds and MB/s as the median and
+spread (min-max) over the repeats, and the ratio shards / copy taken per repeat (median and spread). Then,
+--repeats times each:
   scan    tarfile.getmembers() over every shard (what a reader without offsets does at start-up)
   offsets pandas.read_parquet of the (shard, offset, size) table build-shards writes as index.parquet
 The cut rate is printed for information.
 
-    python bench/shards.py            # 512 MB
+    python bench/shards.py            # 1024 MB, 7 repeats (1-2.5 s per repeat and side; under a minute)
     python bench/shards.py --mb 64    # quicker try
 """
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from _stats import interleave, load_average, per_repeat, repeats_note, spread
 from index import synth
 from index.files import file_sha256
 from index.record import Clip
@@ -100,38 +105,49 @@ def run_copy(samples, out: Path) -> float:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mb", type=int, default=512)
-    ap.add_argument("--shard-size", default="100MB")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--mb", type=int, default=1024, help="megabytes of clips to write")
+    ap.add_argument("--shard-size", default="100MB", help="largest shard, as build-shards --shard-size")
+    ap.add_argument("--repeats", "--repeat", type=int, default=7,
+                    help="runs per side, alternating; median and spread printed")
+    ap.add_argument("--dir", default=None, help="scratch folder (None: a temp folder)")
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
         (tmp / "staged").mkdir()
         samples, cut_rate = make_clips(tmp / "staged", args.mb)
         total = sum(p.stat().st_size for _, _, p in samples)
-        best_s, best_c = float("inf"), float("inf")
-        for _ in range(args.repeat):
-            for name in ("s", "c"):
-                out = tmp / name
-                shutil.rmtree(out, ignore_errors=True)
-                out.mkdir()
-                if name == "s":
-                    best_s = min(best_s, run_shards(samples, out, parse_size(args.shard_size)))
-                else:
-                    best_c = min(best_c, run_copy(samples, out))
+
+        def fresh(name: str) -> Path:
+            out = tmp / name
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            return out
+
+        run_shards(samples[:64], fresh("s"), parse_size(args.shard_size))  # warm-up, untimed: the writer's
+        run_copy(samples[:64], fresh("c"))  # imports (webdataset loads on first use) and first-call costs
+        runs = interleave(args.repeats, {
+            "shards": lambda: run_shards(samples, fresh("s"), parse_size(args.shard_size)),
+            "copy": lambda: run_copy(samples, fresh("c")),
+        })
         shard_bytes = sum(p.stat().st_size for p in (tmp / "s").glob("*.tar"))
-        best_scan = min(run_scan(tmp / "s") for _ in range(args.repeat))
-        best_offsets = min(run_offsets(tmp / "s") for _ in range(args.repeat))
-    mbps_s, mbps_c = total / best_s / 1e6, total / best_c / 1e6
-    print(f"{len(samples)} clips, {total / 1e6:.0f} MB of mp4 ({shard_bytes / 1e6:.0f} MB of shards, "
-          f"shard size {args.shard_size}), best of {args.repeat}")
-    print(f"shards: {best_s:.2f} s  {mbps_s:.0f} MB/s")
-    print(f"plain copy: {best_c:.2f} s  {mbps_c:.0f} MB/s")
-    print(f"ratio shards / copy: {mbps_s / mbps_c:.2f}  (target >= 0.5: {'met' if mbps_s / mbps_c >= 0.5 else 'NOT met'})")
-    print(f"finding every sample: tar header scan {best_scan * 1e3:.1f} ms, index.parquet offsets "
-          f"{best_offsets * 1e3:.1f} ms (scan / offsets: {best_scan / best_offsets:.1f}x)")
+        shards = len(list((tmp / "s").glob("*.tar")))
+        scan = spread(run_scan(tmp / "s") * 1e3 for _ in range(args.repeats))
+        offsets = spread(run_offsets(tmp / "s") * 1e3 for _ in range(args.repeats))
+    ratio = per_repeat(runs["copy"], runs["shards"])  # MB/s shards / MB/s copy = copy time / shards time
+    print(f"{len(samples)} clips, {total / 1e6:.0f} MB of mp4 ({shard_bytes / 1e6:.0f} MB in {shards} shards, "
+          f"shard size {args.shard_size}); {load_average()}")
+    print(repeats_note(args.repeats))
+    for name, label in (("shards", "shards"), ("copy", "plain copy")):
+        secs = spread(runs[name])
+        rate = spread(total / t / 1e6 for t in runs[name])
+        print(f"{label}: {secs.text('{:.2f}', ' s')}  {rate.text('{:.0f}', ' MB/s')}")
+    print(f"ratio shards / copy: {ratio.text()}  (target >= 0.5: {'met' if ratio.median >= 0.5 else 'NOT met'})")
+    print(f"finding every sample: tar header scan {scan.text('{:.1f}', ' ms')}, index.parquet offsets "
+          f"{offsets.text('{:.1f}', ' ms')} (scan / offsets: {scan.median / offsets.median:.1f}x)")
     print(f"for information: cutting 640x360 clips with one decode: {cut_rate:.1f} clips/s (48 frames each)")
     return 0
 
