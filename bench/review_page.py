@@ -4,9 +4,8 @@
     python bench/review_page.py --clips 2000 --screenshot ""     # a quicker try, no screenshot
 
 1. Demo data through the real commands: synthetic videos (one also re-encoded at twice the size: near duplicates),
-   split-videos --detector content, a caption naming each shot's shape colour and speed, two measured scores
-   (score_motion: mean absolute difference of consecutive sampled frames; score_brightness: mean luma), index-clips
-   and build-shards --index. Then review-clips with previews: previews per second and bytes per preview, and a
+   split-videos --detector content, a caption naming each shot's shape colour and speed, score-clips (motion,
+   camera motion, sharpness, brightness, text, bpp), index-clips and build-shards --index. Then review-clips with previews: previews per second and bytes per preview, and a
    screenshot of the page with a threshold set (a PNG quantised to at most 150 KB) for the README.
 2. A synthetic index.parquet of --clips rows (no previews) and of --clips / 10 rows (the baseline), each through
    review-clips --no-previews and opened in headless Chromium (Debian's, driven by Playwright): the time to a
@@ -35,7 +34,7 @@ from _stats import interleave, load_average, per_repeat, repeats_note, spread  #
 from index.manifest import read_manifest, write_manifest  # noqa: E402
 from index.shards.review import main as review_main  # noqa: E402
 from index.synth import COLOURS, ShotSpec, render  # noqa: E402
-from index.video import read_many, sample_indices, write_video  # noqa: E402
+from index.video import write_video  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -45,6 +44,7 @@ def demo_data(root: Path) -> Path:
     """Shards (with SHARDS/index) of captioned, scored synthetic clips; returns the shards folder."""
     from index.dedup.cli import index_main
     from index.shards.cli import shards_main
+    from scorer.cli import main as score_main
     from splitter.cli import main as split_main
 
     raw = root / "raw"
@@ -62,26 +62,20 @@ def demo_data(root: Path) -> Path:
     assert split_main([str(raw), "-o", str(root / "split"), "--detector", "content", "--min-sec", "1",
                        "--no-progress"]) == 0
     df = read_manifest(root / "split" / "clips.parquet")
-    captions, motion, bright = [], [], []
+    captions = []
     for r in df.itertuples():
         (_, spec) = next(s for s in shots[Path(r.video_path).name] if s[0][0] <= r.start_frame < s[0][1])
         captions.append(f"a {spec.shape_colour} square {'darts' if spec.motion == 'fast' else 'drifts'} across "
                         f"a softly coloured, textured background")
-    for path, rows in df.groupby("video_path", sort=False):
-        got = read_many(path, {i: sample_indices(r.start_frame, r.end_frame, num=8) for i, r in rows.iterrows()})
-        for i in rows.index:
-            f = got[i].astype(np.float32)
-            motion.append((i, float(np.abs(np.diff(f, axis=0)).mean() / 255)))
-            bright.append((i, float((f @ np.array([0.299, 0.587, 0.114], np.float32)).mean() / 255)))
     df["caption"] = captions
     df["caption_flags"] = ["too_short" if i % 7 == 3 else "" for i in range(len(df))]
-    df["score_motion"] = pd.Series(dict(motion)).round(4)
-    df["score_brightness"] = pd.Series(dict(bright)).round(4)
     write_manifest(df, root / "captioned.parquet")
+    assert score_main([str(root / "captioned.parquet"), "-o", str(root / "scored"), "--quiet"]) == 0
+    scored = root / "scored" / "clips.parquet"
     shards = root / "shards"
-    assert index_main([str(root / "captioned.parquet"), "-o", str(shards / "index")]) == 0
-    assert shards_main([str(root / "captioned.parquet"), "-o", str(shards), "--index", str(shards / "index"),
-                        "--card-template", str(ROOT / "data_cards" / "TEMPLATE.md")]) == 0
+    assert index_main([str(scored), "-o", str(shards / "index")]) == 0
+    assert shards_main([str(scored), "-o", str(shards), "--index", str(shards / "index"),
+                        "--allow-flags", "all"]) == 0
     return shards
 
 
@@ -122,13 +116,13 @@ def page_times(browser, page_path: Path) -> tuple[float, float, int]:
 
 
 def screenshot(browser, page_path: Path, threshold: float, dst: Path, limit: int = 150_000) -> int:
-    """The clips tab with a score_motion threshold set, as a PNG of at most `limit` bytes."""
+    """The clips tab with a motion threshold set, as a PNG of at most `limit` bytes."""
     from PIL import Image
 
     page = browser.new_page(viewport={"width": 1240, "height": 780})
     page.goto(page_path.as_uri())
     page.wait_for_selector("body[data-ready='1']")
-    page.fill('.thr[data-col="score_motion"] .lo-num', str(threshold))
+    page.fill('.thr[data-col="motion"] .lo-num', str(threshold))
     page.wait_for_function("() => [...document.querySelectorAll('#grid img')].slice(0, 12)"
                            ".every(i => i.complete && i.naturalWidth)")
     png = page.screenshot()
@@ -171,7 +165,7 @@ def main() -> int:
         print(f"previews: {len(previews)} in {took:.2f} s ({len(previews) / took:.1f} clips/s, page included), "
               f"{np.mean(sizes) / 1024:.1f} KB mean, {max(sizes) / 1024:.1f} KB max")
         if args.screenshot:
-            median = float(pd.read_parquet(shards / "index.parquet")["score_motion"].median().round(3))
+            median = float(pd.read_parquet(shards / "index.parquet")["motion"].median().round(3))
             size = screenshot(browser, tmp / "review" / "index.html", median, Path(args.screenshot))
             print(f"screenshot: {args.screenshot} ({size / 1024:.0f} KB)")
         pages = {}
