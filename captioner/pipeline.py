@@ -13,6 +13,7 @@ import hashlib
 import json
 import itertools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -135,7 +136,7 @@ class Captioner:
         empty = {r["clip_id"] for r in todo if int(r["end_frame"]) <= int(r["start_frame"])}
         todo = [r for r in todo if r["clip_id"] not in empty]
         captions, times = {}, {}
-        for chunk in ([frames] if frames is not None else self._chunks(video_path, todo)):
+        for chunk in ([frames] if frames is not None else self.chunks(video_path, todo)):
             rows_in = [r for r in todo if r["clip_id"] in chunk]  # the manifest's order, whatever the decode's
             if rows_in:
                 captions.update(self.caption_requests(self.requests(rows_in, chunk)))
@@ -155,16 +156,25 @@ class Captioner:
             out.append(row)
         return pd.DataFrame(out), unreadable
 
-    def _chunks(self, video_path: str, todo: list[dict]) -> Iterator[dict]:
-        """{clip_id: (frames, indices)} for at most `chunk_clips` clips at a time, from one decode of the source."""
+    def chunks(self, video_path: str, todo: list[dict]) -> Iterator[dict]:
+        """{clip_id: (frames, indices)} for at most `chunk_clips` clips at a time, from one decode of the source.
+        The next chunk is decoded in a thread while the model works on this one (the decoder and torch release
+        the GIL), so at most two chunks' frames are held; `decode_s` counts the time spent waiting for frames."""
         clips = iter_clip_frames(video_path, todo, self.policy, self.backend.frame_size, self.backend.frame_count)
-        while True:
-            t0 = time.perf_counter()
-            chunk = dict(itertools.islice(clips, self.chunk_clips))
-            self.backend.stats["decode_s"] += time.perf_counter() - t0
-            if not chunk:
-                return
-            yield chunk
+
+        def take() -> dict:
+            return dict(itertools.islice(clips, self.chunk_clips))
+
+        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+            ahead = pool.submit(take)
+            while True:
+                t0 = time.perf_counter()
+                chunk = ahead.result()
+                self.backend.stats["decode_s"] += time.perf_counter() - t0
+                if not chunk:
+                    return
+                ahead = pool.submit(take)
+                yield chunk
 
 
 # ---------------------------------------------------------------- the stage

@@ -107,7 +107,9 @@ def square_frames(colour: str, direction: str, frames: int = 8, size: int = 32, 
 
 def make_square_manifest(out_dir, count: int = 16, frames: int = 8, size: int = 32, fps: float = 8.0,
                          seed: int = 0, square: int | None = None, jitter: int | None = None) -> Path:
-    """`count` captioned mp4 clips of moving squares (all colour x direction pairs in turn) + clips.parquet."""
+    """Up to `count` captioned mp4 clips of moving squares (all colour x direction pairs in turn) + clips.parquet.
+    A clip whose frames repeat an earlier one's (the same pair on the same path) is written once: the same bytes
+    are the same clip, and a manifest holds each clip once."""
     from index.manifest import write_manifest
     from index.files import file_sha256
     from index.record import Clip
@@ -117,11 +119,16 @@ def make_square_manifest(out_dir, count: int = 16, frames: int = 8, size: int = 
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     pairs = [(c, d) for c in COLOURS for d in DIRECTIONS]
-    rows = []
+    rows, seen = [], set()
     for i in range(count):
         colour, direction = pairs[i % len(pairs)]
         path = out / f"square_{i:03d}.mp4"
         write_video(path, square_frames(colour, direction, frames, size, square or size // 4, rng, jitter), fps)
-        clip = Clip.from_range(path.name, file_sha256(path), 0, frames, 0.0, frames / fps, fps, size, size)
+        sha = file_sha256(path)
+        if sha in seen:
+            path.unlink()
+            continue
+        seen.add(sha)
+        clip = Clip.from_range(path.name, sha, 0, frames, 0.0, frames / fps, fps, size, size)
         rows.append({**clip.to_dict(), "caption": f"a {colour} square moving {direction}"})
     return write_manifest(pd.DataFrame(rows), out / "clips.parquet")
