@@ -1,13 +1,17 @@
 """The benchmarks' shared rule: alternating repeats, medians, spreads and per-repeat ratios."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from _stats import interleave, per_repeat, repeats_note, spread  # noqa: E402
+# loaded from its file: putting bench/ on sys.path would let bench/captioner.py and bench/scorer.py shadow the
+# captioner and scorer packages for every test collected after this one
+_spec = importlib.util.spec_from_file_location("_stats", Path(__file__).resolve().parents[1] / "bench" / "_stats.py")
+_stats = sys.modules["_stats"] = importlib.util.module_from_spec(_spec)  # registered first, for its dataclasses
+_spec.loader.exec_module(_stats)
+interleave, per_repeat, repeats_note, spread = _stats.interleave, _stats.per_repeat, _stats.repeats_note, _stats.spread
 
 
 def test_interleave_alternates_which_side_goes_first():
