@@ -89,20 +89,25 @@ def truncated(path, keep: float = 0.5, faststart: bool = False) -> Path:
     return path
 
 
+def _tone(c, s, seconds: float, rate: int) -> None:
+    """A 440 Hz tone of `seconds` through the audio stream `s` of container `c`."""
+    t = np.arange(int(seconds * rate)) / rate
+    tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    frame_size = s.codec_context.frame_size or 1024
+    for i in range(0, len(tone) - frame_size, frame_size):
+        f = av.AudioFrame.from_ndarray(tone[None, i:i + frame_size], format="fltp", layout="mono")
+        f.sample_rate, f.pts = rate, i
+        for pkt in s.encode(f):
+            c.mux(pkt)
+    for pkt in s.encode():
+        c.mux(pkt)
+
+
 def audio_only(path, seconds: float = 2.0) -> Path:
     rate = 44100
     with av.open(str(path), "w", format="mp4") as c:
         s = c.add_stream("aac", rate=rate)
-        t = np.arange(int(seconds * rate)) / rate
-        tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        frame_size = s.codec_context.frame_size or 1024
-        for i in range(0, len(tone) - frame_size, frame_size):
-            f = av.AudioFrame.from_ndarray(tone[None, i:i + frame_size], format="fltp", layout="mono")
-            f.sample_rate, f.pts = rate, i
-            for pkt in s.encode(f):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
+        _tone(c, s, seconds, rate)
     return Path(path)
 
 
@@ -285,16 +290,7 @@ def song_with_cover(path, seconds: float = 2.0) -> Path:
     with av.open(str(path), "w", format="mp4") as c:
         s = c.add_stream("aac", rate=rate)
         _cover(c)()
-        t = np.arange(int(seconds * rate)) / rate
-        tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        frame_size = s.codec_context.frame_size or 1024
-        for i in range(0, len(tone) - frame_size, frame_size):
-            f = av.AudioFrame.from_ndarray(tone[None, i:i + frame_size], format="fltp", layout="mono")
-            f.sample_rate, f.pts = rate, i
-            for pkt in s.encode(f):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
+        _tone(c, s, seconds, rate)
     return Path(path)
 
 
