@@ -204,6 +204,7 @@ def run_stage(stage: Stage, store, options: EngineOptions | None = None, progres
             if todo:
                 run(stage, todo, ok, fail, opts)
     except KeyboardInterrupt:
+        ignore_ctrl_c()
         total = sum(u.weight for u in todo)
         raise Interrupted(f"{report.weight} of {total} {stage.unit_name} done in this run are kept in "
                           f"{store.dir.parent.parent}") from None
@@ -262,11 +263,19 @@ def _pool(stage: Stage, workers: int) -> ProcessPoolExecutor:
                                initargs=(stage, threads))
 
 
+def ignore_ctrl_c() -> None:
+    """From the first Ctrl-C on the process is on its way out: a later one must not break its cleanup or the
+    interpreter's exit (a KeyboardInterrupt in an exit hook prints a traceback)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Kill the workers now (a bug, Ctrl-C): nothing waits for their units. Another Ctrl-C meanwhile is ignored,
     so the cleanup always finishes and leaves no process or thread for the interpreter's exit to wait on."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
     try:
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             try:
@@ -275,7 +284,7 @@ def _stop(pool: ProcessPoolExecutor) -> None:
                 pass
         pool.shutdown(wait=True, cancel_futures=True)
     finally:
-        if main:
+        if main and not interrupted:
             signal.signal(signal.SIGINT, previous)
 
 

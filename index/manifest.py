@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .engine import BadInput, Interrupted, UsageError
+from .engine import BadInput, Interrupted, UsageError, ignore_ctrl_c
 from .files import atomic_write_bytes, atomic_write_text
 from .record import CORE_COLUMNS, SCHEMA_VERSION, STAGE_COLUMNS
 
@@ -233,9 +233,11 @@ def run_cli(prog: str, main, argv=None) -> int:
     try:
         return main(argv)
     except Interrupted as e:
+        ignore_ctrl_c()
         print(f"{prog}: interrupted: {e}; run the same command again to resume", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
+        ignore_ctrl_c()
         print(f"{prog}: interrupted before any work was finished; nothing to resume", file=sys.stderr)
         return 130
     except UsageError as e:  # commands catch their own; this one line is the fallback (a locked folder)

@@ -105,7 +105,7 @@ def _videos(raw: Path, n: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("presses", [1, 2])
+@pytest.mark.parametrize("presses", [1, 2, "held"])
 def test_ctrl_c_is_one_line_and_exit_code_130_and_keeps_what_was_done(tmp_path, presses):
     raw, out = tmp_path / "raw", tmp_path / "out"
     _videos(raw, 6)
@@ -117,10 +117,12 @@ def test_ctrl_c_is_one_line_and_exit_code_130_and_keeps_what_was_done(tmp_path, 
     while time.time() < deadline and proc.poll() is None and not any(parts.glob("*.parquet")):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before Ctrl-C"
-    for _ in range(presses):
+    for _ in range(presses if presses != "held" else 10**9):  # held: Ctrl-C repeats until the process is gone
+        if proc.poll() is not None or time.time() > deadline:
+            break
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)
-    _, err = proc.communicate(timeout=60)  # a second Ctrl-C never hangs it
+        time.sleep(0.05 if presses != "held" else 0.005)
+    _, err = proc.communicate(timeout=60)  # a second Ctrl-C never hangs it, nor breaks its exit
     assert proc.returncode == 130
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("split-videos: interrupted: ")
     assert "run the same command again to resume" in err

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from index.engine import ignore_ctrl_c
 from trainer.checkpoints import UsageError, check_hub_model, find_weights
 from trainer.config import ConfigError, HelpFormatter, load_config
 
@@ -161,6 +162,7 @@ def main(argv=None) -> int:
         print(f"sample: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        ignore_ctrl_c()  # a second one must not break the exit with a traceback
         print("sample: interrupted; videos already reported as written are kept", file=sys.stderr)
         return 130
 
