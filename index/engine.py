@@ -27,6 +27,7 @@ Failure rules (the same on every engine):
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import signal
 import sys
@@ -264,10 +265,24 @@ def _pool(stage: Stage, workers: int) -> ProcessPoolExecutor:
 
 
 def ignore_ctrl_c() -> None:
-    """From the first Ctrl-C on the process is on its way out: a later one must not break its cleanup or the
-    interpreter's exit (a KeyboardInterrupt in an exit hook prints a traceback)."""
+    """From the first Ctrl-C on the command is on its way out: a later one must not break its cleanup or the
+    interpreter's exit (a KeyboardInterrupt in an exit hook prints a traceback). `ctrl_c_guard` undoes it for a
+    command called from Python."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def ctrl_c_guard(argv):
+    """Around a command's main: run from the command line (argv None) Ctrl-C stays ignored after the first one
+    until the process is gone; called from Python (argv given) the caller gets its own handler back."""
+    main = threading.current_thread() is threading.main_thread()
+    original = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if argv is not None and original is not None:
+            signal.signal(signal.SIGINT, original)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

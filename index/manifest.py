@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .engine import BadInput, Interrupted, UsageError, ignore_ctrl_c
+from .engine import BadInput, Interrupted, UsageError, ctrl_c_guard, ignore_ctrl_c
 from .files import atomic_write_bytes, atomic_write_text
 from .record import CORE_COLUMNS, SCHEMA_VERSION, STAGE_COLUMNS
 
@@ -230,23 +230,24 @@ def run_cli(prog: str, main, argv=None) -> int:
     """Run a stage's main; a full disk or an unwritable folder (OSError while writing our output) is one
     error line and exit status 2, and what was finished stays on disk for the re-run. Ctrl-C is one line and
     exit status 130; a folder locked by another run is one line and exit status 2."""
-    try:
-        return main(argv)
-    except Interrupted as e:
-        ignore_ctrl_c()
-        print(f"{prog}: interrupted: {e}; run the same command again to resume", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        ignore_ctrl_c()
-        print(f"{prog}: interrupted before any work was finished; nothing to resume", file=sys.stderr)
-        return 130
-    except UsageError as e:  # commands catch their own; this one line is the fallback (a locked folder)
-        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except OSError as e:  # reading an input went through its own checks: this is mostly our output
-        where = f": {e.filename}" if e.filename else ""
-        print(f"{prog}: error: cannot read or write a file ({e.strerror or e}){where}", file=sys.stderr)
-        return 2
+    with ctrl_c_guard(argv):
+        try:
+            return main(argv)
+        except Interrupted as e:
+            ignore_ctrl_c()
+            print(f"{prog}: interrupted: {e}; run the same command again to resume", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            ignore_ctrl_c()
+            print(f"{prog}: interrupted before any work was finished; nothing to resume", file=sys.stderr)
+            return 130
+        except UsageError as e:  # commands catch their own; this one line is the fallback (a locked folder)
+            print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+        except OSError as e:  # reading an input went through its own checks: this is mostly our output
+            where = f": {e.filename}" if e.filename else ""
+            print(f"{prog}: error: cannot read or write a file ({e.strerror or e}){where}", file=sys.stderr)
+            return 2
 
 
 # ---------------------------------------------------------------- failures

@@ -141,3 +141,21 @@ def test_split_gives_the_same_manifest_with_one_or_two_workers(sample_videos, tm
     assert len(one) > 2 and fails_one == fails_two
     pd.testing.assert_frame_equal(one, two)
     assert (tmp_path / "one" / "clips.parquet").read_bytes() == (tmp_path / "two" / "clips.parquet").read_bytes()
+
+
+def test_after_ctrl_c_a_command_line_run_ignores_more_but_a_python_caller_gets_its_handler_back():
+    from index.engine import ctrl_c_guard, ignore_ctrl_c
+
+    def handler(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with ctrl_c_guard(["--some-flag"]):  # called from Python with its own argv
+            ignore_ctrl_c()
+        assert signal.getsignal(signal.SIGINT) is handler
+        with ctrl_c_guard(None):  # the command line's argv: exiting, further presses stay ignored
+            ignore_ctrl_c()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from index.engine import ignore_ctrl_c
+from index.engine import ctrl_c_guard, ignore_ctrl_c
 from trainer.checkpoints import UsageError, check_hub_model, find_weights
 from trainer.config import ConfigError, HelpFormatter, load_config
 
@@ -156,15 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    try:
-        return run(build_parser().parse_args(argv))
-    except (UsageError, ConfigError) as e:
-        print(f"sample: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        ignore_ctrl_c()  # a second one must not break the exit with a traceback
-        print("sample: interrupted; videos already reported as written are kept", file=sys.stderr)
-        return 130
+    with ctrl_c_guard(argv):
+        try:
+            return run(build_parser().parse_args(argv))
+        except (UsageError, ConfigError) as e:
+            print(f"sample: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            ignore_ctrl_c()  # a second one must not break the exit with a traceback
+            print("sample: interrupted; videos already reported as written are kept", file=sys.stderr)
+            return 130
 
 
 def run(args) -> int:

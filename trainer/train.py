@@ -37,7 +37,7 @@ import torch
 if __package__ in (None, ""):  # run as a script (accelerate launch trainer/train.py) without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index.engine import ignore_ctrl_c  # noqa: E402
+from index.engine import ctrl_c_guard, ignore_ctrl_c  # noqa: E402
 from index.files import LockError, OutputLock, atomic_write_text, command_line  # noqa: E402
 from trainer.checkpoints import (EMA, TrainState, UsageError, build_model, checkpoints,  # noqa: E402
                                  init_model, load_resume_state, save_checkpoint, trim_metrics)
@@ -84,19 +84,20 @@ def resolve_config(args):
 def main(argv=None) -> int:
     run = {"out_dir": None, "step": None}  # for the Ctrl-C message
     is_main = int(os.environ.get("RANK", "0")) == 0
-    try:
-        return train(argv, run)
-    except (UsageError, ConfigError, LockError) as e:
-        if is_main:
-            print(f"train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        ignore_ctrl_c()  # a second one must not break the exit with a traceback
-        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a launcher's follow-up SIGTERM must not cut it
-        if is_main:
-            print(f"train: {interrupted_message(run)}", file=sys.stderr)
-        signal.signal(signal.SIGTERM, previous)
-        return 130
+    with ctrl_c_guard(argv):
+        try:
+            return train(argv, run)
+        except (UsageError, ConfigError, LockError) as e:
+            if is_main:
+                print(f"train: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            ignore_ctrl_c()  # a second one must not break the exit with a traceback
+            previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a launcher's follow-up SIGTERM must not cut it
+            if is_main:
+                print(f"train: {interrupted_message(run)}", file=sys.stderr)
+            signal.signal(signal.SIGTERM, previous)
+            return 130
 
 
 def interrupted_message(run: dict) -> str:
