@@ -24,11 +24,13 @@ import argparse
 import importlib.util
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from index.engine import ctrl_c_guard, ignore_ctrl_c
 from index.synth import make_sample_videos
 
 # what the demo keeps: clips without black frames or burned-in text, then the 80 % that move most (the data
@@ -45,14 +47,45 @@ def _cli(name: str) -> list[str]:
     return [found]
 
 
+class StepEnded(Exception):
+    """A step did not finish: its own message is above; `code` is the demo's exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 def _run(title: str, args: list[str], log: list) -> None:
     print(f"\n== {title}\n$ {shlex.join([Path(args[0]).name, *args[1:]])}", flush=True)
     t0 = time.time()
-    subprocess.run(args, check=True)
+    with subprocess.Popen(args) as proc:
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # the step stops itself cleanly (keeping what it finished) before the demo ends
+            ignore_ctrl_c()
+            proc.send_signal(signal.SIGINT)  # where the Ctrl-C reached the demo alone
+            proc.wait()
+            raise StepEnded(f"interrupted during '{title}'; run the demo again to finish what is missing",
+                            130) from None
+    if code:
+        raise StepEnded(f"'{title}' failed (exit status {code}); its message is above", code if code > 0 else 1)
     log.append((title, time.time() - t0))
 
 
 def main(argv=None) -> int:
+    with ctrl_c_guard(argv):
+        try:
+            return _main(argv)
+        except StepEnded as e:
+            print(f"shotcap-demo: {e}", file=sys.stderr)
+            return e.code
+        except KeyboardInterrupt:  # between steps
+            ignore_ctrl_c()
+            print("shotcap-demo: interrupted; run the demo again to finish what is missing", file=sys.stderr)
+            return 130
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(prog="shotcap-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--videos", type=int, default=3, help="sample videos to generate")

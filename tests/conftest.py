@@ -19,7 +19,7 @@ SHARED_REALDATA = ROOT.parent / "shared" / "realdata"
 @pytest.fixture(scope="session")
 def realdata() -> Path:
     """Folder holding bikes.mp4 and cityCC0.mpg (fetched once from the package registries) and cuts.json."""
-    dest = Path(os.environ.get("SHOTCAP_REALDATA", ROOT / ".realdata"))
+    dest = Path(os.environ.get("SHOTCAP_REALDATA") or ROOT / ".realdata")  # set but empty: the default
     if not ((dest / "bikes.mp4").exists() and (dest / "cityCC0.mpg").exists()):
         fetch = SHARED_REALDATA / "fetch.sh"
         if not fetch.exists():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,3 +34,28 @@ def test_demo_runs_every_stage(tmp_path):
     assert (out / "review" / "index.html").exists()
     assert (out / "sample.mp4").stat().st_size > 0
     assert "sample video" in r.stdout and "--prompt 'a blue circle moving right'" in r.stdout
+
+
+def test_a_failed_step_or_ctrl_c_ends_the_demo_with_one_line(tmp_path):
+    exe = Path(sys.executable).with_name("shotcap-demo")
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "split").write_text("a file where the split wants its folder")
+    r = subprocess.run([str(exe), "-o", str(out), "--videos", "1", "--seconds", "2"], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == ("shotcap-demo: 'split into shots' failed (exit status 2); "
+                                                 "its message is above")
+    (out / "split").unlink()
+    # Ctrl-C at a terminal reaches the demo and its running step together (one process group)
+    proc = subprocess.Popen([str(exe), "-o", str(out), "--videos", "1", "--seconds", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("$ split-videos"):
+            break
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("shotcap-demo: interrupted")
+    assert "== done" not in rest
