@@ -133,6 +133,9 @@ def _main(argv=None) -> int:
         spec = resolve_model(args.model or DEFAULT_MODEL, args.trust_remote_code)
         prompt = load_prompt(args.prompt)
         policy = FramePolicy(num_frames=args.num_frames, sample_fps=args.sample_fps, max_frames=args.max_frames)
+        for name in ("batch_size", "max_new_tokens", "max_pixels"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
         engine = options_from_args(args, not args.quiet)
         ensure_available(spec)  # offline and not in the cache: one line now, not after the split
     except (ModelError, PromptError, UsageError) as e:

@@ -8,6 +8,8 @@ what the model accepts (Qwen: whole temporal patches).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -23,10 +25,12 @@ class FramePolicy:
     max_frames: int = 32
 
     def __post_init__(self):
-        if self.sample_fps is not None and self.sample_fps <= 0:
-            raise ValueError("--sample-fps must be positive")
+        if self.sample_fps is not None and not (math.isfinite(self.sample_fps) and self.sample_fps > 0):
+            raise ValueError(f"--sample-fps must be a positive number, got {self.sample_fps}")
         if self.num_frames < 1:
             raise ValueError("--num-frames must be at least 1")
+        if self.max_frames < 1:
+            raise ValueError("--max-frames must be at least 1")
 
     def indices(self, row: dict, frame_count=lambda n: n) -> list[int]:
         """Absolute decoded-frame indices for one manifest row."""

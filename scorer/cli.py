@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import json
 import sys
 from pathlib import Path
@@ -113,8 +114,8 @@ def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out_dir, manifest = Path(args.out), Path(args.manifest)
     try:  # every user mistake is found here, before any work
-        if not args.sample_fps > 0:
-            raise ValueError("--sample-fps must be positive")
+        if not (math.isfinite(args.sample_fps) and args.sample_fps > 0):
+            raise ValueError(f"--sample-fps must be a positive number, got {args.sample_fps}")
         if args.batch_size < 1:
             raise ValueError("--batch-size must be at least 1")
         df, row_failures = load_manifest(manifest, STAGE)

@@ -26,8 +26,10 @@ class ClipPolicy:
     trim_frames: int = 1
 
     def __post_init__(self):
-        if self.min_sec < 0:
-            raise ValueError(f"--min-sec must be >= 0, got {self.min_sec}")
+        if not (math.isfinite(self.min_sec) and self.min_sec >= 0):
+            raise ValueError(f"--min-sec must be a number >= 0, got {self.min_sec}")
+        if self.max_sec is not None and not (math.isfinite(self.max_sec) and self.max_sec >= 0):
+            raise ValueError(f"--max-sec must be a number >= 0 (0: no limit), got {self.max_sec}")
         if self.max_sec and self.max_sec < self.min_sec:
             raise ValueError(f"--max-sec ({self.max_sec}) must be >= --min-sec ({self.min_sec})")
         if self.trim_frames < 0:

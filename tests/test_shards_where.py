@@ -95,7 +95,7 @@ def test_the_cli_refuses_a_bad_filter_before_any_work(tmp_path, capsys, scores):
     out = tmp_path / "out"
     for args, message in ((["--where", "aesthetic >= 5 and motoin > 0.3"], "nearest: motion"),
                           (["--keep-top", "aesthetic:2"], "0 < FRACTION <= 1"),
-                          (["--fps", "0"], "--fps must be positive"),
+                          (["--fps", "0"], "--fps must be a positive number"),
                           (["--index", str(tmp_path / "nowhere")], "not an index folder")):
         assert shards_main([str(data["manifest"]), "-o", str(out), *args]) == 2
         err = capsys.readouterr().err.strip()

@@ -132,6 +132,11 @@ def test_sample_finds_checkpoints_and_checks_its_output_first(reference_run, tmp
         assert sample_main(["--ckpt", str(missing), *SMALL, "-o", str(out)]) == 2  # before the checkpoint
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+    for flag, value in (("--fps", "nan"), ("--fps", "inf"), ("--cfg-scale", "nan")):  # not a NaN video
+        assert sample_main(["--ckpt", str(reference_run), *SMALL, flag, value, "-o", str(tmp_path / "n.mp4")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"sample: error: {flag} must be") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "n.mp4").exists()
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import sys
 from pathlib import Path
@@ -186,8 +187,10 @@ def run(args) -> int:
     T, H, W = pick(args.num_frames, "num_frames"), pick(args.height, "height"), pick(args.width, "width")
     steps, fps = pick(args.steps, "steps"), pick(args.fps, "fps")
     for name, value in (("--num-frames", T), ("--height", H), ("--width", W), ("--steps", steps), ("--fps", fps)):
-        if value <= 0:
+        if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{name} must be > 0, got {value}")
+    if not math.isfinite(pick(args.cfg_scale, "cfg_scale")):
+        raise UsageError(f"--cfg-scale must be a number, got {args.cfg_scale}")
     model, vae, text, diffusion, cfg = load_pipeline(args.ckpt, args.device, not args.no_ema, args.config,
                                                      args.text_encoder, args.vae, args.diffusion)
     if H % vae.factor or W % vae.factor:

@@ -158,6 +158,10 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
     """index-clips as a function: embed, update the FAISS indexes, dedup everything indexed. Returns index.json.
     A re-run with nothing new (same parts, failures and options) leaves the index as it is and loads no model."""
     manifest_path, index_dir = Path(manifest_path), Path(index_dir)
+    if not 0 < threshold <= 1:  # (and not NaN)
+        raise UsageError(f"--threshold is a cosine similarity: a number above 0 and at most 1, got {threshold}")
+    if num_frames < 1:
+        raise UsageError(f"--frames must be at least 1, got {num_frames}")
     df, row_failures = load_manifest(manifest_path, STAGE)
     with OutputLock(index_dir, command_line()):
         remove_own_temps(index_dir)  # an interrupted atomic write of ours leaves nothing behind
@@ -304,6 +308,10 @@ def search(index_dir, text: str | None = None, like: str | None = None, k: int =
     clips = read_manifest(index_dir / "clips.parquet") if (index_dir / "clips.parquet").exists() else None
     if clips is None:
         raise UsageError(f"{index_dir}: not an index folder; run index-clips first")
+    if k < 1:
+        raise UsageError(f"-k must be at least 1, got {k}")
+    if text is not None and not text.strip():
+        raise UsageError("--text is empty: give the words to look for")
     if text is not None:
         vi = faiss_index.VectorIndex.load(index_dir, "text")
         meta = json.loads((index_dir / "index.json").read_text())

@@ -11,6 +11,7 @@ it says who holds the folder and exits 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -80,12 +81,15 @@ def _main(argv=None) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out)
     try:  # every user mistake is found here, before any work
+        try:
+            size = parse_size(args.shard_size)
+        except ValueError as e:
+            raise ValueError(f"--shard-size: {e}") from None
         df, row_failures = load_manifest(args.manifest, STAGE)
-        size = parse_size(args.shard_size)
         where = parse_where(args.where, df) if args.where is not None else None
         tops = [parse_keep_top(t, df) for t in args.keep_top]
-        if args.fps is not None and not args.fps > 0:
-            raise ValueError(f"--fps must be positive, not {args.fps:g}")
+        if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+            raise ValueError(f"--fps must be a positive number, not {args.fps:g}")
         if args.side_multiple is not None and args.side_multiple < 2:
             raise ValueError(f"--side-multiple must be at least 2, not {args.side_multiple}")
         if args.index and args.no_dedup:

@@ -61,4 +61,10 @@ def parse_size(text) -> int:
     if not m:
         raise ValueError(f"bad size {text!r} (e.g. 1GB, 500MB)")
     unit = m.group(2).rstrip("b").rstrip("i")
-    return int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[unit])
+    try:
+        size = int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[unit])
+    except ValueError:  # '1.2.3MB'
+        raise ValueError(f"bad size {text!r} (e.g. 1GB, 500MB)") from None
+    if size < 1:
+        raise ValueError(f"size {text!r} must be at least one byte")
+    return size
