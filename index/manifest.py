@@ -245,6 +245,8 @@ def run_cli(prog: str, main, argv=None) -> int:
             print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
         except OSError as e:  # reading an input went through its own checks: this is mostly our output
+            if type(e).__module__.split(".")[0] == "av":  # PyAV's errors subclass OSError: a decoder we misused
+                raise
             where = f": {e.filename}" if e.filename else ""
             print(f"{prog}: error: cannot read or write a file ({e.strerror or e}){where}", file=sys.stderr)
             return 2

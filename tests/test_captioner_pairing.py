@@ -180,3 +180,21 @@ def test_qwen3_vl_gets_frame_timestamps_in_its_prompt(tmp_path):
     assert "<0.5 seconds>" in second and "<0.1 seconds>" not in second
     out = backend.generate(reqs, GenerateOptions(max_new_tokens=4))
     assert set(out) == {"a", "b"} and all(o.num_tokens > 0 for o in out.values())
+
+
+def test_a_long_thin_video_is_decoded_at_the_processor_size_and_a_too_thin_one_is_bad_input(tiny_qwen, tmp_path):
+    from index import synth
+    from index.engine import BadInput
+    from index.video import iter_frames
+
+    backend = make_backend("transformers", resolve_model(tiny_qwen)).load()
+    vp = backend._video_processor()
+    w, h = backend.frame_size(32, 640)  # a tall strip: the tiny model's pixel budget once made its width 0
+    video = tmp_path / "strip.mp4"
+    synth.make_video(video, [synth.ShotSpec(8, seed=1)], size=(32, 640))
+    frames = np.stack([f.image for f in iter_frames(video, size=(w, h))])
+    assert frames.shape == (8, h, w, 3)
+    _, rows, cols = vp(videos=[frames], return_tensors="pt")["video_grid_thw"][0].tolist()
+    assert (rows * vp.patch_size, cols * vp.patch_size) == (h, w)  # the processor keeps the decoded size
+    with pytest.raises(BadInput, match="200:1"):
+        backend.frame_size(8, 2000)

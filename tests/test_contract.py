@@ -151,3 +151,22 @@ def test_index_clips_does_not_hang_on_a_row_pointing_at_a_device(sample_videos, 
     assert [f["path"] for f in read_failed(tmp_path / "idx")] == ["/dev/zero"]
     assert "not a regular file" in read_failed(tmp_path / "idx")[0]["reason"]
     assert read_manifest(tmp_path / "idx" / "clips.parquet")["clip_id"].is_unique
+
+
+def test_a_pyav_error_is_a_bug_with_its_traceback_not_a_disk_error(capsys):
+    import av
+
+    from index.manifest import run_cli
+
+    def misused(argv):  # a decoder given a size it cannot make (PyAV's errors are OSErrors too)
+        raise av.error.OSError(95, "Operation not supported")
+
+    with pytest.raises(av.error.OSError):
+        run_cli("x", misused, [])
+
+    def full(argv):
+        raise OSError(28, "No space left on device", "out/clips.parquet")
+
+    assert run_cli("x", full, []) == 2
+    assert capsys.readouterr().err == "x: error: cannot read or write a file (No space left on device): " \
+                                      "out/clips.parquet\n"

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from index.engine import BadInput
+
 from ..models import ModelSpec
 
 QWEN_VIDEO_MAX_PIXELS = 360 * 420  # per frame; Qwen's own suggestion for video captioning
@@ -21,12 +23,22 @@ QWEN_VIDEO_MAX_PIXELS = 360 * 420  # per frame; Qwen's own suggestion for video 
 
 def qwen_frame_size(width: int, height: int, factor: int = 28, max_pixels: int | None = None,
                     min_pixels: int | None = None) -> tuple[int, int]:
-    """(w, h) by qwen-vl-utils' rule: multiples of `factor`, pixel count inside [min, max], aspect kept."""
-    from qwen_vl_utils import smart_resize
+    """(w, h) by the Qwen-VL processors' rule (transformers' `smart_resize`, which vLLM uses too): multiples of
+    `factor`, pixel count inside [min, max], aspect kept, never under `factor` on a side (qwen-vl-utils' copy
+    rounds the thin side of a long strip down to 0). A frame longer than 200 times its width is bad input,
+    as the models refuse it."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+    if max(width, height) > 200 * min(width, height):
+        raise BadInput(f"{width}x{height} frames: an aspect ratio beyond the 200:1 that Qwen-VL models accept")
     hi = max_pixels or QWEN_VIDEO_MAX_PIXELS
     lo = min(min_pixels or factor * factor * 4, hi)
     h, w = smart_resize(int(height), int(width), factor=factor, min_pixels=lo, max_pixels=hi)
+    for _ in range(8):  # the processor applies the rule again to our frames: a side held at `factor` can leave
+        again = smart_resize(h, w, factor=factor, min_pixels=lo, max_pixels=hi)  # the area over the maximum
+        if again == (h, w):
+            break
+        h, w = again
     return int(w), int(h)
 
 
