@@ -9,7 +9,6 @@ what the model accepts (Qwen: whole temporal patches).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Iterator
 

@@ -264,25 +264,26 @@ def _pool(stage: Stage, workers: int) -> ProcessPoolExecutor:
                                initargs=(stage, threads))
 
 
+_command_line = False  # inside a command run from the command line (see ctrl_c_guard)
+
+
 def ignore_ctrl_c() -> None:
-    """From the first Ctrl-C on the command is on its way out: a later one must not break its cleanup or the
-    interpreter's exit (a KeyboardInterrupt in an exit hook prints a traceback). `ctrl_c_guard` undoes it for a
-    command called from Python."""
-    if threading.current_thread() is threading.main_thread():
+    """After the first Ctrl-C a command run from the command line is on its way out: a later one must not break
+    its cleanup or the interpreter's exit (a KeyboardInterrupt in an exit hook prints a traceback). Called from
+    Python (a notebook, a test) the caller's handler stays as it is."""
+    if _command_line and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
 def ctrl_c_guard(argv):
-    """Around a command's main: run from the command line (argv None) Ctrl-C stays ignored after the first one
-    until the process is gone; called from Python (argv given) the caller gets its own handler back."""
-    main = threading.current_thread() is threading.main_thread()
-    original = signal.getsignal(signal.SIGINT) if main else None
+    """Around a command's main: argv None means the process is that command (a console script, python -m)."""
+    global _command_line
+    outer, _command_line = _command_line, argv is None
     try:
         yield
     finally:
-        if argv is not None and original is not None:
-            signal.signal(signal.SIGINT, original)
+        _command_line = outer
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
@@ -290,7 +291,7 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     so the cleanup always finishes and leaves no process or thread for the interpreter's exit to wait on."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-    interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+    leaving = _command_line and isinstance(sys.exc_info()[1], KeyboardInterrupt)  # see ignore_ctrl_c
     try:
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             try:
@@ -299,7 +300,7 @@ def _stop(pool: ProcessPoolExecutor) -> None:
                 pass
         pool.shutdown(wait=True, cancel_futures=True)
     finally:
-        if main and not interrupted:
+        if main and not leaving:
             signal.signal(signal.SIGINT, previous)
 
 

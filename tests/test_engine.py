@@ -143,7 +143,7 @@ def test_split_gives_the_same_manifest_with_one_or_two_workers(sample_videos, tm
     assert (tmp_path / "one" / "clips.parquet").read_bytes() == (tmp_path / "two" / "clips.parquet").read_bytes()
 
 
-def test_after_ctrl_c_a_command_line_run_ignores_more_but_a_python_caller_gets_its_handler_back():
+def test_after_ctrl_c_a_command_line_run_ignores_more_but_a_python_caller_keeps_its_handler():
     from index.engine import ctrl_c_guard, ignore_ctrl_c
 
     def handler(signum, frame):
@@ -151,7 +151,8 @@ def test_after_ctrl_c_a_command_line_run_ignores_more_but_a_python_caller_gets_i
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
-        with ctrl_c_guard(["--some-flag"]):  # called from Python with its own argv
+        ignore_ctrl_c()  # a stage run as a function (a notebook): its kernel must stay interruptible
+        with ctrl_c_guard(["--some-flag"]):  # a command's main called from Python with its own argv
             ignore_ctrl_c()
         assert signal.getsignal(signal.SIGINT) is handler
         with ctrl_c_guard(None):  # the command line's argv: exiting, further presses stay ignored
