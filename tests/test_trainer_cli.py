@@ -72,6 +72,10 @@ def test_a_user_mistake_is_one_line_before_anything_is_built_or_written(manifest
     afile = tmp_path / "afile"
     afile.write_text("x")
     (tmp_path / "noshards").mkdir()
+    from index.shards.build import write_state
+    from index.shards.stage import ClipOptions
+
+    write_state(tmp_path / "musubi", "musubi", ClipOptions(), ["videos/a.mp4", "videos/a.txt"])  # another export
 
     def argv(*extra, data=manifest, output=out):
         return ["--config", str(CONFIG), "--data", str(data), "--output-dir", str(output), *extra, *BASE]
@@ -79,6 +83,7 @@ def test_a_user_mistake_is_one_line_before_anything_is_built_or_written(manifest
     cases = [(argv("optim.lrr=1"), "did you mean optim.lr?"),
              (argv(data=tmp_path / "missing.parquet"), "no such file or folder"),
              (argv(data=tmp_path / "noshards"), "no *.tar shards"),
+             (argv(data=tmp_path / "musubi"), "holds a musubi export, made for another trainer"),
              (argv(output=afile / "run"), "is a file, not a folder"),
              (argv("--init-from", str(tmp_path / "nothing")), "no such checkpoint"),
              (argv("--resume", str(out / "checkpoints" / "9")), "no such checkpoint"),

@@ -295,6 +295,12 @@ def open_dataset(path, frame_interval: int = 1, seed: int = 0, cache: bool = Fal
     if p.is_dir() and ((p / FEATURES_META).is_file() or any(p.glob("features-*.safetensors"))):
         return FeatureDataset(p)
     if p.is_dir():
+        from index.shards.build import read_state
+
+        fmt = read_state(p).get("format", "webdataset")
+        if fmt != "webdataset":
+            raise ValueError(f"{p} holds a {fmt} export, made for another trainer; this one reads webdataset shards "
+                             f"(build-shards --format webdataset), a clips manifest, or trainer.extract features")
         return ShardDataset(p, frame_interval, seed, cache)
     if p.is_file():
         return ManifestDataset(p, frame_interval, seed, cache)
