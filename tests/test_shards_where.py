@@ -101,6 +101,12 @@ def test_the_cli_refuses_a_bad_filter_before_any_work(tmp_path, capsys, scores):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and err.startswith("build-shards: error:")
         assert not out.exists()  # nothing was done
+    uncaptioned = tmp_path / "split.parquet"  # split-videos' manifest given by mistake: no embedding, no cut first
+    pd.read_parquet(data["manifest"]).drop(columns=["caption"]).to_parquet(uncaptioned)
+    assert shards_main([str(uncaptioned), "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"build-shards: error: {uncaptioned}: no clip has a caption; run "
+                                               "caption-videos on it first")
+    assert not out.exists()
 
 
 def test_a_score_the_manifest_lacks_says_which_command_writes_it():

@@ -86,6 +86,8 @@ def _main(argv=None) -> int:
         except ValueError as e:
             raise ValueError(f"--shard-size: {e}") from None
         df, row_failures = load_manifest(args.manifest, STAGE)
+        if len(df) and ("caption" not in df.columns or df["caption"].isna().all()):
+            raise ValueError(f"{args.manifest}: no clip has a caption; run caption-videos on it first")
         where = parse_where(args.where, df) if args.where is not None else None
         tops = [parse_keep_top(t, df) for t in args.keep_top]
         if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
