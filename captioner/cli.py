@@ -146,7 +146,7 @@ def _main(argv=None) -> int:
         print(f"caption-videos: error: {e}", file=sys.stderr)
         return 2
     try:
-        with OutputLock(out_dir, command_line()):
+        with OutputLock(out_dir, command_line(), "caption-videos"):
             split_options = dict(detector=args.detector, min_sec=args.min_sec, max_sec=args.max_sec,
                                  progress=not args.quiet, retry_failed=args.retry_failed, engine=engine)
             df, input_failures, input_dir = load_input(Path(args.input), out_dir, split_options)

@@ -183,14 +183,16 @@ class LockError(UsageError):
 
 
 class OutputLock:
-    """An exclusive lock on OUT_DIR/.shotcap/lock for the length of a run (`with OutputLock(out, "split-videos")`).
+    """An exclusive lock on OUT_DIR/.shotcap/lock for the length of a run (`with OutputLock(out, cmd, "split-videos")`).
 
     The kernel drops the lock when the process ends, however it ends, so a killed run never leaves the folder
-    locked. The file names its holder, which a second run reports before exiting."""
+    locked. The file names its holder, which a second run reports before exiting. `owner` claims the folder for
+    one command (OUT_DIR/.shotcap/owner): another command is refused it, so that no stage writes its
+    clips.parquet or failed.jsonl over another stage's."""
 
-    def __init__(self, out_dir, command: str):
+    def __init__(self, out_dir, command: str, owner: str | None = None):
         self.path = Path(out_dir) / STATE_DIR / "lock"
-        self.command = command
+        self.command, self.owner = command, owner
         self.fd = None
 
     def __enter__(self):
@@ -208,7 +210,22 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode(), 0)
         self.fd = fd
+        if self.owner:
+            self._claim()
         return self
+
+    def _claim(self) -> None:
+        mark = self.path.parent / "owner"
+        try:
+            held = mark.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            held = ""
+        if held and held != self.owner:
+            self.__exit__()
+            raise LockError(f"{self.path.parent.parent} holds the output of {held}; give {self.owner} another "
+                            f"output folder (no command writes over another one's files)")
+        if not held:
+            atomic_write_text(mark, self.owner + "\n")
 
     def __exit__(self, *exc):
         if self.fd is not None:

@@ -135,7 +135,7 @@ def _main(argv=None) -> int:
     config = {"scorers": [s.name for s in scorers], "sample_fps": args.sample_fps, "short_side": SHORT_SIDE,
               **{k: v for s in scorers for k, v in s.describe().items()}, **flow.describe()}
     salt = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    with OutputLock(out_dir, command_line()):
+    with OutputLock(out_dir, command_line(), "score-clips"):
         remove_own_temps(out_dir, out_dir / ".parts" / STAGE)
         with HashCache(out_dir, also=[manifest.parent]) as hashes:
             df, source_failures = check_sources(df, hashes, STAGE)

@@ -159,7 +159,7 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
     engine = engine or EngineOptions(workers=max(1, int(workers)), progress=progress)
     out = Path(out_dir)
     config = {"detector": detector, "detector_options": options, **policy.to_dict(), "cut": bool(cut)}
-    with OutputLock(out, command_line()):
+    with OutputLock(out, command_line(), "split-videos"):
         store = PartStore(out, STAGE, config=config, retry_failed=retry_failed)
         with HashCache(out, rehash=rehash) as hashes:
             sources = list_sources(raw, out, hashes)

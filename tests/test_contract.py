@@ -170,3 +170,39 @@ def test_a_pyav_error_is_a_bug_with_its_traceback_not_a_disk_error(capsys):
     assert run_cli("x", full, []) == 2
     assert capsys.readouterr().err == "x: error: cannot read or write a file (No space left on device): " \
                                       "out/clips.parquet\n"
+
+
+def test_a_folder_belongs_to_the_first_command_that_wrote_it(tmp_path):
+    (tmp_path / "failed.jsonl").write_text('{"path": "a.mp4", "stage": "split", "reason": "zero-byte file"}\n')
+    with OutputLock(tmp_path, "split-videos raw -o out", "split-videos"):
+        pass
+    with OutputLock(tmp_path, "split-videos raw -o out --rehash", "split-videos"):  # a re-run of the same command
+        pass
+    with pytest.raises(LockError, match=r"holds the output of split-videos; give caption-videos another output"):
+        with OutputLock(tmp_path, "caption-videos out/clips.parquet -o out", "caption-videos"):
+            pass
+    with OutputLock(tmp_path, "split-videos raw -o out", "split-videos"):  # the refusal left the lock free
+        pass
+    assert "zero-byte file" in (tmp_path / "failed.jsonl").read_text()
+
+
+def test_caption_videos_into_the_split_folder_is_refused_and_keeps_its_failures(sample_videos, tmp_path, capsys):
+    from captioner.cli import main as caption
+    from splitter.cli import main as split
+
+    raw = tmp_path / "raw"
+    shutil.copytree(sample_videos[0], raw)
+    (raw / "empty.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    assert split([str(raw), "-o", str(out), "--detector", "content", "--no-progress"]) == 0
+    failed = (out / "failed.jsonl").read_text()
+    assert "zero-byte" in failed
+    from captioner.testing import build_tiny_model
+
+    model = build_tiny_model("qwen2-vl", tmp_path / "tiny")
+    capsys.readouterr()
+    assert caption([str(out / "clips.parquet"), "-o", str(out), "--model", str(model), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (f"caption-videos: error: {out} holds the output of split-videos; give "
+                                               "caption-videos another output folder (no command writes over "
+                                               "another one's files)")
+    assert (out / "failed.jsonl").read_text() == failed

@@ -185,7 +185,7 @@ def extract_features(dataset, buckets, vae, text, out_dir, *, shard_clips: int =
 
 def main(argv=None) -> int:
     from index.engine import Interrupted
-    from index.files import OutputLock
+    from index.files import OutputLock, command_line
     from index.manifest import run_cli
     from trainer.config import load_config
     from trainer.data import check_buckets, open_dataset
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
             check_buckets(dc["buckets"], vae)
         except (ValueError, RuntimeError) as err:
             p.error(str(err))
-        with OutputLock(out, "extract"):
+        with OutputLock(out, command_line(), "trainer.extract"):
             text_path, kind = build_text_encoder(cfg["text"], Path(cfg["train"]["output_dir"]))
             text = TextEncoder(str(text_path), kind, cfg["text"]["max_length"]).to(args.device)
             settings = {"vae": cfg["vae"], "text": {**cfg["text"], "path": str(text_path)},

@@ -122,7 +122,7 @@ def train(argv, run: dict) -> int:
     dataset, resume = preflight(cfg, args)
     out_dir = Path(cfg["train"]["output_dir"])
     if args.accelerate_config or args.num_processes:
-        with OutputLock(out_dir, command_line()):
+        with OutputLock(out_dir, command_line(), "train"):
             pass  # free now: the main training process takes it for the run
         return launch(args, argv, Path(__file__).resolve())
 
@@ -138,7 +138,7 @@ def train(argv, run: dict) -> int:
         refused = [None]
         if accelerator.is_main_process:
             try:
-                held.enter_context(OutputLock(out_dir, command_line()))
+                held.enter_context(OutputLock(out_dir, command_line(), "train"))
             except LockError as e:
                 refused = [str(e)]
         broadcast_object_list(refused)

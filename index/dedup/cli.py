@@ -163,7 +163,7 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
     if num_frames < 1:
         raise UsageError(f"--frames must be at least 1, got {num_frames}")
     df, row_failures = load_manifest(manifest_path, STAGE)
-    with OutputLock(index_dir, command_line()):
+    with OutputLock(index_dir, command_line(), "index-clips"):
         remove_own_temps(index_dir)  # an interrupted atomic write of ours leaves nothing behind
         batch, batches = _batch(index_dir, manifest_path)
         with HashCache(index_dir, also=[manifest_path.parent], rehash=rehash) as hashes:

@@ -86,8 +86,6 @@ def _main(argv=None) -> int:
         except ValueError as e:
             raise ValueError(f"--shard-size: {e}") from None
         df, row_failures = load_manifest(args.manifest, STAGE)
-        if len(df) and ("caption" not in df.columns or df["caption"].isna().all()):
-            raise ValueError(f"{args.manifest}: no clip has a caption; run caption-videos on it first")
         where = parse_where(args.where, df) if args.where is not None else None
         tops = [parse_keep_top(t, df) for t in args.keep_top]
         if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
@@ -98,6 +96,8 @@ def _main(argv=None) -> int:
             raise ValueError("--index and --no-dedup together: choose one")
         if args.index and not (Path(args.index) / "clips.parquet").is_file():
             raise ValueError(f"{args.index}: not an index folder (no clips.parquet); run index-clips first")
+        if len(df) and ("caption" not in df.columns or df["caption"].isna().all()):
+            raise ValueError(f"{args.manifest}: no clip has a caption; run caption-videos on it first")
         opts = ClipOptions(args.fps, args.frames_4k1, args.side_multiple)
         engine = options_from_args(args)
         check_output(out, args.format, opts)
@@ -106,7 +106,7 @@ def _main(argv=None) -> int:
         return _usage(e)
 
     out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out, command_line()):
+    with OutputLock(out, command_line(), "build-shards"):
         index_dir = args.index
         if not args.index and not args.no_dedup:
             index_dir = _auto_index(args.manifest, out / "index", engine)

@@ -488,7 +488,7 @@ def _main(argv=None) -> int:
     previews = None if args.no_previews else {"box": args.preview_px, "frames": args.preview_frames,
                                               "kb": args.preview_kb}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    with OutputLock(args.out, command_line()):
+    with OutputLock(args.out, command_line(), "review-clips"):
         try:
             rep = write_review(args.dir, args.out, args.index, previews, engine, args.title, args.page_size, opened)
         except ReviewError as e:
