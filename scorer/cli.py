@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import json
+import math
 import sys
 from pathlib import Path
 
