@@ -50,10 +50,10 @@ def test_a_failed_step_or_ctrl_c_ends_the_demo_with_one_line(tmp_path):
     # Ctrl-C at a terminal reaches the demo and its running step together (one process group)
     proc = subprocess.Popen([str(exe), "-o", str(out), "--videos", "1", "--seconds", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    for line in proc.stdout:
-        if line.startswith("$ split-videos"):
-            break
-    time.sleep(0.5)
+    lock = out / "split" / ".shotcap" / "lock"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (lock.exists() and lock.stat().st_size):
+        time.sleep(0.02)  # the split has started (its lock names it), past Python's own start-up
     os.killpg(proc.pid, signal.SIGINT)
     rest, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
