@@ -68,13 +68,11 @@ def parse_names(spec: str) -> list[str] | str:
         if word not in ALIASES and word not in SCORERS:
             raise ValueError(f"unknown scorer {word!r}; choose from: {', '.join(SCORERS)} (or all, default)")
         names.add(ALIASES.get(word, word))
+    if not names and not default:
+        raise ValueError("--scorers names no scorer")
     if not names:
-        return "default" if default else _none()
+        return "default"
     return (["default"] if default else []) + [n for n in SCORERS if n in names]
-
-
-def _none():
-    raise ValueError("--scorers names no scorer")
 
 
 def select_scorers(spec: str, has_caption: bool, nsfw_asked: bool = False, **options) -> list[Scorer]:
