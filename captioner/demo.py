@@ -11,8 +11,9 @@
 6. build-shards     -> OUT/shards                   (filtered on the scores: WebDataset tars, index.parquet,
                                                      DATA_CARD.md)
 7. review-clips     -> OUT/review/index.html        (a page to look at the shards, opens from disk)
-8. train (accelerate launch --cpu trainer/train.py) -> OUT/run/checkpoints/STEP
-9. sample           -> OUT/sample.mp4
+8. plan             -> what training costs: tokens, FLOPs, memory (the Compute section of DATA_CARD.md)
+9. train (accelerate launch --cpu trainer/train.py) -> OUT/run/checkpoints/STEP
+10. sample          -> OUT/sample.mp4
 
 Each stage runs as the command a user types (argument lists, no shell). Stages are resumable, so running
 the demo again finishes only what is missing.
@@ -121,6 +122,8 @@ def _main(argv) -> int:
 
     train_py = Path(importlib.util.find_spec("trainer").origin).parent / "train.py"
     config = train_py.parent / "configs" / "tiny.yaml"
+    _run("plan the training cost (DATA_CARD.md: Compute)",
+         _cli("plan") + ["--config", str(config), "--data", str(out / "shards"), "--card"], log)
     run_dir = out / "run"
     if (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir)  # the demo trains from scratch each time (the trainer resumes with --resume)
