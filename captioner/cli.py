@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 from functools import partial
-from pathlib import Path
 
-import pandas as pd
 
+
+from index import query, storage
 from index.engine import UsageError, add_engine_args, options_from_args, run_stage
 from index.files import HashCache, OutputLock, command_line
-from index.manifest import (ManifestError, PartStore, add_retry_arg, check_sources, load_manifest, run_cli,
-                            write_failed, write_manifest, write_provenance)
+from index.manifest import (ManifestError, PartStore, add_retry_arg, manifest_files, manifest_folder, run_cli,
+                            write_failed, write_provenance, write_stream)
 
 from .backends import BACKENDS, make_backend
 from .frames import FramePolicy
@@ -60,21 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_input(src: Path, out_dir: Path, split_options: dict | None = None) -> tuple:
-    """(manifest DataFrame, failures of the split step or of rows that cannot be used, folder of the manifest)."""
-    if src.is_dir():
+def load_input(con, src, out_dir, split_options: dict | None = None) -> tuple:
+    """(the input as `index.query.Input`, failures of the split step or of rows that cannot be used, folder of
+    the manifest). A folder of raw videos (or a URL of one) is split first into OUT_DIR/split/."""
+    if storage.is_dir(src) and manifest_folder(src) == src:
         from splitter import split_videos  # the splitter's public entry point
 
         options = {k: v for k, v in (split_options or {}).items() if v is not None}
-        df, failures = split_videos(src, out_dir / "split", **options)
-        return df, list(failures), out_dir / "split"
-    if not src.exists():
+        manifest, failures = split_videos(src, out_dir / "split", **options)
+        inp = query.Input(con, manifest, "caption")
+        return inp, list(failures) + inp.failures, out_dir / "split"
+    if not storage.exists(src):
         raise ManifestError(f"{src}: no such file or folder")
-    df, failures = load_manifest(src, "caption")
-    return df, failures, src.parent
+    inp = query.Input(con, src, "caption")
+    return inp, inp.failures, manifest_folder(src)
 
 
-def print_summary(counts: dict, failures, out_path: Path, timings: dict) -> None:
+def print_summary(counts: dict, failures, out_path, timings: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -126,9 +128,11 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    out_dir = Path(args.out)
     try:
-        if not Path(args.input).exists():
+        out_dir, src = storage.location(args.out), storage.location(args.input)
+        storage.check_store(src, "input")
+        storage.check_store(out_dir, "output")
+        if not storage.exists(src):
             raise ManifestError(f"{args.input}: no such file or folder")
         spec = resolve_model(args.model or DEFAULT_MODEL, args.trust_remote_code)
         prompt = load_prompt(args.prompt)
@@ -146,47 +150,53 @@ def _main(argv=None) -> int:
         print(f"caption-videos: error: {e}", file=sys.stderr)
         return 2
     try:
-        with OutputLock(out_dir, command_line(), "caption-videos"):
+        with OutputLock(out_dir, command_line(), "caption-videos"), query.connect() as con:
             split_options = dict(detector=args.detector, min_sec=args.min_sec, max_sec=args.max_sec,
                                  progress=not args.quiet, retry_failed=args.retry_failed, engine=engine)
-            df, input_failures, input_dir = load_input(Path(args.input), out_dir, split_options)
-            return _caption(args, spec, prompt, policy, engine, df, input_failures, input_dir, out_dir)
+            inp, input_failures, input_dir = load_input(con, src, out_dir, split_options)
+            return _caption(args, spec, prompt, policy, engine, con, inp, input_failures, input_dir, out_dir)
     except (ModelError, PromptError, UsageError) as e:
         print(f"caption-videos: error: {e}", file=sys.stderr)
         return 2
 
 
-def _caption(args, spec, prompt, policy, engine, df, input_failures, input_dir, out_dir) -> int:
-    if not len(df):
+def _caption(args, spec, prompt, policy, engine, con, inp, input_failures, input_dir, out_dir) -> int:
+    if not inp.count:
         write_failed(out_dir, input_failures)
-        where = (f"the split of {args.input} made no clip" if Path(args.input).is_dir()
+        where = (f"the split of {args.input} made no clip" if input_dir == out_dir / "split"
                  else f"{args.input} holds no usable clip")
         print(f"caption-videos: no clips to caption: {where}; reasons in {out_dir / 'failed.jsonl'}", file=sys.stderr)
         for f in input_failures[:10]:
             print(f"  failed: {f['path']}: {f['reason']}", file=sys.stderr)
         return 1
     with HashCache(out_dir, also=[input_dir], rehash=args.rehash) as hashes:
-        df, source_failures = check_sources(df, hashes, "caption")
+        source_failures = query.check_sources(inp, hashes, "caption")
     remote = engine.engine == "ray"
     captioner = build_captioner(args, spec, prompt, policy, load=None)
     store = PartStore(out_dir, stage_name(captioner.model_id, captioner.prompt_id), captioner.config(),
                       args.retry_failed)
     build = partial(build_captioner, args, spec, prompt, policy)
-    stage = CaptionStage(df, store, captioner, build, decode_ahead=remote and not args.summary_model)
+    before = set(store.files())
+    done_before = query.count_done_rows(con, store)
+    stage = CaptionStage(con, store, captioner, build, decode_ahead=remote and not args.summary_model)
+    stage._total = inp.count - done_before - query.scalar(con, f"SELECT count(*) FROM input WHERE {stage.already()}")
     report = run_stage(stage, store, engine)
-    merged, failures = stage.merge(store)
-    failures = sorted(input_failures + source_failures + failures, key=lambda r: (r["path"], r["stage"], r["reason"]))
     out_path = out_dir / "clips.parquet"
-    write_manifest(merged, out_path)
+    written = write_stream(query.batches(con, stage.merge(store)), out_path)
+    failures = sorted(input_failures + source_failures + query.stage_failures(con, store),
+                      key=lambda r: (r["path"], r["stage"], r["reason"]))
     write_failed(out_dir, failures)
     write_provenance(out_dir, "caption", captioner.config(), source=input_dir)
-    fresh = merged["clip_id"].isin({i for u in report.processed for i in u.ids})
-    flags = merged["caption_flags"].fillna("") if "caption_flags" in merged else pd.Series([], dtype=str)
-    counts = {"clips": len(df), "captioned": int(fresh.sum()), "skipped": int(len(merged) - fresh.sum()),
-              "flagged": int((flags != "").sum()), "seconds": report.seconds,
-              "tokens": int(merged.loc[fresh, "caption_tokens"].fillna(0).sum()) if "caption_tokens" in merged else 0}
+    fresh = [f for f in store.files() if f not in before]
+    out_src = query.files_sql(con, manifest_files(out_path))
+    names = set(query.names_of(con, f"SELECT * FROM {out_src}"))
+    captioned = query.count_rows(con, fresh)
+    counts = {"clips": inp.count, "captioned": captioned, "skipped": written - captioned,
+              "flagged": query.scalar(con, f"SELECT count(*) FROM {out_src} WHERE coalesce(caption_flags, '') <> ''")
+              if "caption_flags" in names else 0,
+              "seconds": report.seconds, "tokens": query.sum_column(con, fresh, "caption_tokens")}
     print_summary(counts, failures, out_path, stage.timings())
-    captions = merged["caption"].notna().sum() if "caption" in merged.columns else 0
+    captions = query.scalar(con, f"SELECT count(caption) FROM {out_src}") if "caption" in names else 0
     return 0 if captions else 1
 
 

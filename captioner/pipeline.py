@@ -20,7 +20,7 @@ from typing import Iterator
 import pandas as pd
 
 from index.engine import BadInput, Output, Stage, Unit
-from index.manifest import PartStore, clip_set_units, join_columns
+from index.manifest import PartStore
 
 from .backends.base import Backend, GenerateOptions, Request
 from .checks import check_caption
@@ -191,25 +191,39 @@ _CAPTIONERS: dict = {}
 
 class CaptionStage(Stage):
     """`build(load) -> Captioner` makes the captioner: with the model (`load="model"`, once per worker) or with
-    the processor alone (`"processor"`: frame sizes for the Ray decode tasks). `df`: the clips to caption (range-checked rows
-    of sources that still hold their content)."""
+    the processor alone (`"processor"`: frame sizes for the Ray decode tasks). `con`: the driver's query connection
+    holding the clips to caption as `input` (range-checked rows of sources that still hold their content)."""
 
     name = "caption"
     unit_name = "clips"
     uses_gpu = True
-    driver_only = ("df", "captioner", "store", "already", "loaded")
+    driver_only = ("con", "captioner", "store", "loaded")
 
-    def __init__(self, df: pd.DataFrame, store: PartStore, captioner: Captioner, build, decode_ahead: bool = False):
-        self.df, self.captioner, self.build = df, captioner, build
+    def __init__(self, con, store: PartStore, captioner: Captioner, build, decode_ahead: bool = False,
+                 total: int | None = None):
+        self.con, self.captioner, self.build = con, captioner, build
         self.has_prepare = bool(decode_ahead)  # Ray: frames decoded in CPU tasks ahead of the model actors
         self.model_id, self.prompt_id = captioner.model_id, captioner.prompt_id
         self.decoder_key = (json.dumps(captioner.config(), sort_keys=True, default=str), captioner.chunk_clips)
-        self.already = df.apply(lambda r: _already(r, self.model_id, self.prompt_id), axis=1).astype(bool) \
-            if len(df) else pd.Series([], dtype=bool)
-        self.store = store
+        self.store, self._total = store, total
 
-    def units(self) -> list[Unit]:
-        return clip_set_units(self.df[~self.already.to_numpy()], self.store)
+    def already(self) -> str:
+        """SQL: the input rows captioned by this model and prompt already (passed through untouched)."""
+        from index.query import names_of, quote
+
+        have = set(names_of(self.con, "SELECT * FROM input")) if self.con is not None else set()
+        if not {"caption", "caption_model", "prompt_id"} <= have:
+            return "false"
+        return (f"(caption IS NOT NULL AND caption <> '' AND caption_model = {quote(self.model_id)} "
+                f"AND prompt_id = {quote(self.prompt_id)})")
+
+    def units(self):
+        from index.query import clip_set_units
+
+        return clip_set_units(self.con, self.store, where=f"NOT {self.already()}")
+
+    def total(self) -> int | None:
+        return self._total
 
     def load(self) -> Captioner:
         self.loaded = self.build("model")  # in this process (--workers 1), the driver reads its timings afterwards
@@ -238,11 +252,9 @@ class CaptionStage(Stage):
         cols = ["clip_id", *[c for c in CAPTION_COLUMNS if c in part.columns]]
         return Output(part[cols], [(cid, "its frames lie past the end of the video") for cid in unreadable])
 
-    def merge(self, store: PartStore) -> tuple[pd.DataFrame, list[dict]]:
-        """Every input row captioned (now, earlier, or in the input by the same model and prompt), in input order."""
-        todo = self.df[~self.already.to_numpy()]
-        parts, fails = store.merge(sort_by=("clip_id",), ids=set(todo["clip_id"]))
-        done = join_columns(todo.assign(_order=todo.index), parts, CAPTION_COLUMNS)
-        kept = self.df[self.already.to_numpy()].assign(_order=lambda d: d.index)
-        out = pd.concat([kept, done]) if len(kept) else done
-        return out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True), fails
+    def merge(self, store: PartStore) -> str:
+        """SQL of every input row captioned (now, earlier, or in the input by the same model and prompt), in input
+        order: stream it with `index.query.batches`."""
+        from index.query import join_parts
+
+        return join_parts(self.con, store, CAPTION_COLUMNS, where_kept=self.already())

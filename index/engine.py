@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -109,6 +110,11 @@ class Stage(abc.ABC):
     def merge(self, store) -> Any:
         """Driver, after the units: the stage's result from its parts."""
 
+    def total(self) -> int | None:
+        """How much work `units()` stands for (in `unit_name`), when they are lazy and it is cheap to know; None
+        shows progress without an ETA. A list of units needs none: its total is counted."""
+        return None
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -166,49 +172,105 @@ class RunReport:
     done: int = 0  # processed now
     failed: int = 0  # failed now
     seconds: float = 0.0
-    processed: list = field(default_factory=list)  # the units that succeeded now
     weight: int = 0  # what the units processed now stand for (videos, clips)
 
 
+CHUNK = 4096  # units whose done-ness is looked up at once
+
+
+def pending(units, store, report: RunReport):
+    """The units `store` has not done, in order, looked up a chunk at a time (the ledger answers many keys at
+    once); counts them into `report` as they pass. `units` may be any iterable, a generator included."""
+    many = getattr(store, "done_many", None)
+    it = iter(units)
+    while True:
+        chunk = list(itertools.islice(it, CHUNK))
+        if not chunk:
+            return
+        done = many([u.key for u in chunk]) if many is not None else [store.done(u.key) for u in chunk]
+        report.units += len(chunk)
+        for unit, finished in zip(chunk, done):
+            if finished:
+                report.skipped += 1
+            else:
+                yield unit
+
+
+class _Recorder:
+    """What happens to each finished unit: its part is written (unless a Ray worker wrote it), the report counts it
+    and the progress bar moves. `forget` takes back a unit a dead Ray worker held uncommitted (it is done again)."""
+
+    def __init__(self, store, report: RunReport, bar):
+        self.store, self.report, self.bar = store, report, bar
+
+    def ok(self, unit: Unit, out) -> None:
+        if out is not None:  # None: a Ray worker wrote it
+            out = out if isinstance(out, Output) else Output(out)
+            reasons = [(item, f"clip {item}: {reason}") for item, reason in out.failures]
+            if hasattr(self.store, "item_failure"):  # a PartStore: the unit's rows and failures in one batch
+                failures = [self.store.item_failure(unit.key, unit.path, r, ids=(i,)) for i, r in reasons]
+                self.store.write(unit.key, out.rows, failures)
+            else:  # a stage's own store (staged clips, previews): each failure, then the rows
+                for k, (item, reason) in enumerate(reasons):
+                    self.store.fail(f"{unit.key}-{k}", unit.path, reason, ids=(item,))
+                self.store.write(unit.key, out.rows)
+        self._count(unit)
+
+    def fail(self, unit: Unit, reason: str | None, written: bool = False) -> None:
+        if not written:
+            self.store.fail(unit.key, unit.path, reason, ids=unit.ids)
+        self.report.failed += 1
+        self._count(unit)
+
+    def forget(self, unit: Unit, status: str) -> None:
+        self.report.failed -= status != "ok"
+        self.report.done -= 1
+        self.report.weight -= unit.weight
+
+    def _count(self, unit: Unit) -> None:
+        self.report.done += 1
+        self.report.weight += unit.weight
+        self.bar.advance(unit.weight, unit.path)
+
+    def __call__(self, status: str, unit: Unit, payload) -> None:
+        (self.ok if status == "ok" else self.fail)(unit, payload)
+
+
 def run_stage(stage: Stage, store, options: EngineOptions | None = None, progress=None) -> RunReport:
-    """Process every unit of `stage` that `store` (a `PartStore`) has not done; the driver writes each part.
-    `progress`: an `index.progress.Progress`-like object, or None for one made from `options.progress`."""
+    """Process every unit of `stage` that `store` (a `PartStore`) has not done. Locally the driver writes the parts
+    (in batches: see `index.parts`); on Ray each worker writes its own and the driver keeps only keys and counts.
+    `progress`: an `index.progress.Progress`-like object, or None for one made from `options.progress`.
+
+    `stage.units()` may be a list (its total is known: a progress bar with an ETA) or a lazy iterable (a stage over
+    a manifest of millions of clips); `stage.total()` may then say how much work there is, or None."""
     from .progress import Progress
 
     opts = options or EngineOptions()
     t0 = time.perf_counter()
+    report = RunReport()
     units = stage.units()
-    todo = [u for u in units if not store.done(u.key)]
-    report = RunReport(units=len(units), skipped=len(units) - len(todo))
-    bar = progress or Progress(sum(u.weight for u in todo), stage.name, stage.unit_name, enabled=opts.progress)
+    todo = pending(units, store, report)
+    if isinstance(units, (list, tuple)):
+        todo = list(todo)
+        total = sum(u.weight for u in todo)
+    else:
+        total = stage.total()
+    bar = progress or Progress(total, stage.name, stage.unit_name, enabled=opts.progress)
 
-    def ok(unit: Unit, out) -> None:
-        out = out if isinstance(out, Output) else Output(out)
-        for k, (item, reason) in enumerate(out.failures):  # before the part, which marks the unit done
-            store.fail(f"{unit.key}-{k}", unit.path, f"clip {item}: {reason}", ids=(item,))
-        store.write(unit.key, out.rows)
-        report.done += 1
-        report.weight += unit.weight
-        report.processed.append(unit)
-        bar.advance(unit.weight, unit.path)
-
-    def fail(unit: Unit, reason: str) -> None:
-        store.fail(unit.key, unit.path, reason, ids=unit.ids)
-        report.done += 1
-        report.failed += 1
-        report.weight += unit.weight
-        bar.advance(unit.weight, unit.path)
-
-    run = _run_ray if opts.engine == "ray" else _run_here if opts.workers <= 1 or len(todo) == 1 else _run_pool
+    rec = _Recorder(store, report, bar)
+    small = isinstance(todo, list) and len(todo) <= 1
+    run = _run_ray if opts.engine == "ray" else _run_here if opts.workers <= 1 or small else _run_pool
     try:
         with bar:
-            if todo:
-                run(stage, todo, ok, fail, opts)
+            try:
+                run(stage, todo, rec, opts, store)
+            finally:  # what finished is kept: on success, a bug's traceback and Ctrl-C alike
+                getattr(store, "flush", lambda: None)()
     except KeyboardInterrupt:
         ignore_ctrl_c()
-        total = sum(u.weight for u in todo)
-        raise Interrupted(f"{report.weight} of {total} {stage.unit_name} done in this run are kept in "
-                          f"{store.dir.parent.parent}") from None
+        total_text = f" of {total}" if total else ""
+        raise Interrupted(f"{report.weight}{total_text} {stage.unit_name} done in this run are kept in "
+                          f"{store.out if hasattr(store, 'out') else store.dir.parent.parent}") from None
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -225,11 +287,14 @@ def _attempt(stage: Stage, state, unit: Unit, prepared: bool = False) -> tuple[s
 
 # ---------------------------------------------------------------- this process
 
-def _run_here(stage: Stage, todo: list[Unit], ok, fail, opts: EngineOptions) -> None:
-    state = stage.load()
+def _run_here(stage: Stage, todo, rec, opts: EngineOptions, store=None) -> None:
+    state = None
     for unit in todo:
-        status, payload = _attempt(stage, state, unit)
-        (ok if status == "ok" else fail)(unit, payload)
+        if state is None:  # loaded with the first unit to do: a no-op re-run loads no model
+            state = (stage.load(),)
+        state_ = state[0]
+        status, payload = _attempt(stage, state_, unit)
+        rec(status, unit, payload)
 
 
 # ---------------------------------------------------------------- local worker processes
@@ -304,41 +369,52 @@ def _stop(pool: ProcessPoolExecutor) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _run_pool(stage: Stage, todo: list[Unit], ok, fail, opts: EngineOptions) -> None:
+def _run_pool(stage: Stage, todo, rec, opts: EngineOptions, store=None) -> None:
     workers = opts.workers
-    pending, suspects = list(reversed(todo)), []
-    while pending:
-        pool = _pool(stage, workers)
-        running: dict = {}
+    source, back, suspects = iter(todo), [], []
+
+    def take():
+        return back.pop() if back else next(source, None)
+
+    while True:
+        pool, running = None, {}
         try:
-            while pending or running:
-                while pending and len(running) < 2 * workers:
-                    unit = pending.pop()
+            while True:
+                while len(running) < 2 * workers:
+                    unit = take()
+                    if unit is None:
+                        break
+                    pool = pool or _pool(stage, workers)  # no unit to do: no worker started
                     try:
                         running[pool.submit(_work, unit)] = unit
                     except BrokenProcessPool:  # broke while we were recording: the unit is not lost
-                        pending.append(unit)
+                        back.append(unit)
                         raise
+                if not running:
+                    break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     status, payload = fut.result()  # a bug in a worker raises here, with its traceback
                     unit = running.pop(fut)
-                    (ok if status == "ok" else fail)(unit, payload)
+                    rec(status, unit, payload)
         except BrokenProcessPool:  # a worker died: the units it may have held are tried alone below
             suspects += running.values()
             pool.shutdown(wait=True)
+            continue
         except BaseException:
-            _stop(pool)
+            if pool is not None:
+                _stop(pool)
             raise
-        else:
+        if pool is not None:
             pool.shutdown(wait=True)
+        break
     for unit in suspects:  # one at a time, so a unit that kills its worker cannot take others with it
         pool = _pool(stage, 1)
         try:
             status, payload = pool.submit(_work, unit).result()
-            (ok if status == "ok" else fail)(unit, payload)
+            rec(status, unit, payload)
         except BrokenProcessPool:
-            fail(unit, DIED)
+            rec.fail(unit, DIED)
         except BaseException:
             _stop(pool)
             raise
@@ -365,16 +441,40 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
 
 
 class _Actor:
-    """A Ray actor: loads the stage's state once, then processes units."""
+    """A Ray actor: loads the stage's state once, then processes units. With a part writer (`writer`: the store's
+    `writer_spec()`), it writes its units' rows and failures to the store itself, in batches, and tells the driver
+    only which keys each call committed: the rows never pass through the driver."""
 
-    def __init__(self, stage: Stage):
+    def __init__(self, stage: Stage, writer=None):
         self.stage = stage
         self.state = stage.load()
+        self.store = None
+        if writer is not None:
+            from .parts import PartStore
 
-    def run(self, item):
+            self.store = PartStore.writer(*writer)
+
+    def run(self, unit: Unit, item):
         if isinstance(item, tuple):  # a prepare task's ('fail', reason)
-            return item
-        return _attempt(self.stage, self.state, item, prepared=self.stage.has_prepare)
+            status, payload = item
+        else:
+            status, payload = _attempt(self.stage, self.state, item, prepared=self.stage.has_prepare)
+        if self.store is None:
+            return status, payload, None
+        if status == "ok":
+            out = payload if isinstance(payload, Output) else Output(payload)
+            failures = [self.store.item_failure(unit.key, unit.path, f"clip {i}: {r}", ids=(i,)) for i, r in out.failures]
+            self.store.write(unit.key, out.rows, failures)
+            payload = None
+        else:
+            self.store.fail(unit.key, unit.path, payload, ids=unit.ids)
+        return status, payload, self.store.take_committed()
+
+    def flush(self):
+        if self.store is None:
+            return []
+        self.store.flush()
+        return self.store.take_committed()
 
 
 def _prepare(stage: Stage, unit: Unit):
@@ -384,7 +484,12 @@ def _prepare(stage: Stage, unit: Unit):
         return "fail", one_line(e)
 
 
-def _run_ray(stage: Stage, todo: list[Unit], ok, fail, opts: EngineOptions) -> None:
+def _run_ray(stage: Stage, todo, rec, opts: EngineOptions, store=None) -> None:
+    source = iter(todo)
+    first = next(source, None)
+    if first is None:  # nothing to do: Ray is not even started
+        return
+    todo = itertools.chain([first], source)
     ray = init_ray(opts.ray_address)
     prepare = stage.has_prepare
     gpus = opts.num_gpus if stage.uses_gpu else 0.0
@@ -400,8 +505,8 @@ def _run_ray(stage: Stage, todo: list[Unit], ok, fail, opts: EngineOptions) -> N
         raise EngineError(f"the Ray cluster has no room for one worker (each asks {cpus:g} CPU and {gpus:g} GPU, "
                           f"{'plus 1 CPU for decoding, ' if prepare else ''}the cluster has "
                           f"{total.get('CPU', 0):g} CPU and {total.get('GPU', 0):g} GPU)")
-    workers = min(opts.workers, len(todo), fit)
-    if workers < min(opts.workers, len(todo)):
+    workers = min(opts.workers, fit)
+    if workers < opts.workers:
         print(f"ray: {opts.workers} workers asked, {workers} fit this cluster", file=sys.stderr)
     # without a GPU of its own, an actor must not see the machine's GPUs (Ray leaves them visible)
     env = {"TOKENIZERS_PARALLELISM": "false", **({"CUDA_VISIBLE_DEVICES": ""} if gpus == 0 else {})}
@@ -409,46 +514,87 @@ def _run_ray(stage: Stage, todo: list[Unit], ok, fail, opts: EngineOptions) -> N
                                            runtime_env={"env_vars": env})
     prep_task = ray.remote(_prepare).options(num_cpus=1, max_retries=0) if prepare else None
     stage_ref = ray.put(stage)  # shipped once, not once per call
-    actors = [actor_cls.remote(stage_ref) for _ in range(workers)]
+    writer = store.writer_spec() if hasattr(store, "writer_spec") else None
+    actors = [actor_cls.remote(stage_ref, writer) for _ in range(workers)]
     try:
-        _schedule(ray, todo, actors, lambda: actor_cls.remote(stage_ref), prep_task, stage_ref, ok, fail, workers)
+        _schedule(ray, todo, actors, lambda: actor_cls.remote(stage_ref, writer), prep_task, stage_ref, rec, workers)
     finally:  # also on a bug or Ctrl-C: no actor outlives the run
         for actor in actors:
             ray.kill(actor, no_restart=True)
+        if writer is not None:
+            store.reload()  # the batches the workers wrote
 
 
-def _schedule(ray, units, actors, start_actor, prep_task, stage_ref, ok, fail, workers) -> None:
-    """Feed idle actors in unit order; `actors` is updated in place when a dead actor is replaced."""
+def _light(unit: Unit) -> Unit:
+    """What an actor needs to record a unit (not its data, which travels separately)."""
+    return Unit(unit.key, unit.path, None, unit.weight, unit.ids)
+
+
+def _schedule(ray, units, actors, start_actor, prep_task, stage_ref, rec, workers) -> None:
+    """Feed idle actors in unit order; `actors` is updated in place when a dead actor is replaced. With direct
+    writes, a unit counts as kept only once its actor committed it: the units an actor held uncommitted when it
+    died are done again by another."""
     from ray.exceptions import RayActorError, RayTaskError
 
     prepare = prep_task is not None
     idle = list(actors)
-    queue = list(reversed(range(len(units))))  # pop() gives the units in order
+    source, back = iter(units), []
     ahead = workers * 2  # prepared units kept in flight ahead of the model workers
-    preparing: dict = {}  # ref -> unit index
-    ready: list[tuple[int, Any]] = []  # (unit index, prepared ref) waiting for an idle actor
-    running: dict = {}  # ref -> (unit index, actor)
-    while queue or preparing or ready or running:
-        while prepare and queue and len(preparing) + len(ready) < ahead:
-            i = queue.pop()
-            preparing[prep_task.remote(stage_ref, units[i])] = i
-        while idle and (ready or (not prepare and queue)):
-            i, item = ready.pop(0) if prepare else (queue.pop(), None)
+    preparing: dict = {}  # ref -> unit
+    ready: list = []  # (unit, prepared ref) waiting for an idle actor
+    running: dict = {}  # ref -> (unit, actor)
+    held: dict = {}  # actor -> {key: (unit, status)}: recorded by that actor, not committed yet
+
+    def take():
+        return back.pop() if back else next(source, None)
+
+    def settle(actor, committed) -> None:
+        for key in committed or ():
+            held.get(actor, {}).pop(key, None)
+
+    def lost(actor) -> None:  # its uncommitted units go back to the queue
+        for unit, status in held.pop(actor, {}).values():
+            rec.forget(unit, status)
+            back.append(unit)
+
+    exhausted = False
+    while True:
+        while prepare and not exhausted and len(preparing) + len(ready) < ahead:
+            unit = take()
+            if unit is None:
+                exhausted = True
+                break
+            preparing[prep_task.remote(stage_ref, unit)] = unit
+        while idle and (ready or (not prepare and not exhausted)):
+            if prepare:
+                unit, item = ready.pop(0)
+            else:
+                unit = take()
+                if unit is None:
+                    exhausted = True
+                    break
+                item = unit
             actor = idle.pop()
-            running[actor.run.remote(item if prepare else units[i])] = (i, actor)
+            running[actor.run.remote(_light(unit), item)] = (unit, actor)
+        if not (preparing or ready or running):
+            if back:  # units an actor lost
+                exhausted = False
+                continue
+            break
         finished, _ = ray.wait(list(preparing) + list(running), num_returns=1)
         ref = finished[0]
         if ref in preparing:  # the ref goes to an actor as is: the data moves worker to worker
             ready.append((preparing.pop(ref), ref))
             continue
-        i, actor = running.pop(ref)
+        unit, actor = running.pop(ref)
         try:
-            status, payload = ray.get(ref)
+            status, payload, committed = ray.get(ref)
         except RayActorError as e:  # the actor is gone: a fresh one takes its place
             if getattr(e, "actor_init_failed", False):  # load() failed: no unit is to blame
                 lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
                 raise EngineError(f"a Ray worker could not start: {lines[-1] if lines else 'unknown error'}") from None
-            fail(units[i], DIED)
+            lost(actor)
+            rec.fail(unit, DIED)
             actors.remove(actor)
             actor = start_actor()
             actors.append(actor)
@@ -456,5 +602,27 @@ def _schedule(ray, units, actors, start_actor, prep_task, stage_ref, ok, fail, w
             cause = e.as_instanceof_cause()
             raise cause from None
         else:
-            (ok if status == "ok" else fail)(units[i], payload)
+            if committed is not None:  # the actor wrote it: count it, remember it until committed
+                held.setdefault(actor, {})[unit.key] = (unit, status)
+                settle(actor, committed)
+                rec.ok(unit, None) if status == "ok" else rec.fail(unit, payload, written=True)
+            else:
+                rec(status, unit, payload)
         idle.append(actor)
+        if not (preparing or ready or running) and exhausted and not back:
+            _final_flush(ray, actors, held, settle, lost)
+            if back:
+                exhausted = False
+    return
+
+
+def _final_flush(ray, actors, held, settle, lost) -> None:
+    """Every actor commits what it holds; an actor that dies meanwhile gives its units back to the queue."""
+    from ray.exceptions import RayActorError
+
+    refs = {a.flush.remote(): a for a in actors if held.get(a)}
+    for ref, actor in refs.items():
+        try:
+            settle(actor, ray.get(ref))
+        except RayActorError:
+            lost(actor)

@@ -16,9 +16,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,16 +61,27 @@ def atomic_write_text(path, text: str) -> Path:
 
 def remove_own_temps(*folders) -> int:
     """Delete the temp files an interrupted write of ours left in these folders (not their subfolders).
-    Only names of `temp_name`'s pattern: a user's own hidden or .tmp files are never touched."""
+    Only names of `temp_name`'s pattern: a user's own hidden or .tmp files are never touched. On an object
+    store nothing is left to remove (an object appears only when complete)."""
+    from .storage import is_remote
+
     removed = 0
     for folder in folders:
+        if is_remote(folder):
+            continue
         folder = Path(folder)
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if _TEMP.match(p.name) and p.is_file() and not p.is_symlink():
+            if not _TEMP.match(p.name) or p.is_symlink():
+                continue
+            if p.is_file():
                 p.unlink(missing_ok=True)
-                removed += 1
+            elif p.is_dir():  # a folder of ours being filled (a manifest's files before they are placed)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                continue
+            removed += 1
     return removed
 
 
@@ -90,8 +103,11 @@ def open_regular(path):
 
 
 def file_sha256(path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a source, read in full (a local regular file, or an object streamed from its store)."""
+    from . import storage
+
     h = hashlib.sha256()
-    with open_regular(path) as f:
+    with storage.open_read(path) as f:
         try:
             while block := f.read(chunk):
                 h.update(block)
@@ -101,48 +117,63 @@ def file_sha256(path, chunk: int = 1 << 22) -> str:
 
 
 class HashCache:
-    """sha256 of source files, remembered by (path, size, mtime_ns, device, inode).
+    """sha256 of source files, remembered by their identity: (path, size, mtime_ns, device, inode) on disk,
+    (url, size, ETag, '', '') on an object store (`index.storage.identity`).
 
     Entries are appended to OUT_DIR/.shotcap/hashes.jsonl as they are computed (a kill loses none already
-    written; a torn last line is ignored). `also`: other stage folders whose caches are read too (the input
-    manifest's folder: caption-videos need not hash again what split-videos hashed). `rehash=True` ignores
-    every cached entry (and rewrites them), for a full check."""
+    written; a torn last line is ignored); when OUT_DIR is on an object store, where nothing can be appended,
+    new entries are written in batches as OUT_DIR/.shotcap/hashes-RUN-N.jsonl. `also`: other stage folders whose
+    caches are read too (the input manifest's folder: caption-videos need not hash again what split-videos
+    hashed). `rehash=True` ignores every cached entry (and rewrites them), for a full check."""
+
+    BATCH = 500  # entries per object when appending is not possible
 
     def __init__(self, out_dir, also=(), rehash: bool = False):
-        self.path = Path(out_dir) / STATE_DIR / "hashes.jsonl"
+        from . import storage
+
+        self.out = storage.location(out_dir)
+        self.path = self.out / STATE_DIR / "hashes.jsonl"
+        self.remote = storage.is_remote(self.out)
         self.rehash = rehash
         self.entries: dict[tuple, str] = {}
         self.hashed = 0  # files read in full by this object
         self.cached = 0
         if not rehash:
             for folder in [*also, out_dir]:
-                self._load(Path(folder) / STATE_DIR / "hashes.jsonl")
+                self._load(storage.location(folder) / STATE_DIR)
         self._file = None
+        self._new: list = []
+        self._token = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._seq = 0
 
-    def _load(self, path: Path) -> None:
-        if not path.is_file():
-            return
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    def _load(self, state) -> None:
+        from . import storage
+
+        names = sorted(n for n in storage.listing(state) if n.startswith("hashes") and n.endswith(".jsonl"))
+        for name in names:
             try:
-                e = json.loads(line)
-                self.entries[(e["path"], e["size"], e["mtime_ns"], e["dev"], e["ino"])] = e["sha256"]
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn line from a killed run
+                text = storage.read_bytes(state / name).decode("utf-8", errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                try:
+                    e = json.loads(line)
+                    self.entries[(e["path"], e["size"], e["mtime_ns"], e["dev"], e["ino"])] = e["sha256"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn line from a killed run
 
     @staticmethod
-    def identity(path) -> tuple:
-        p = os.path.abspath(os.fsdecode(path))
-        try:
-            st = os.stat(p)
-        except OSError as e:
-            raise BadInput(f"cannot read file ({e.strerror or e})") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise BadInput("not a regular file (a pipe, device or folder)")
-        return (p, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)  # json keeps undecodable names as \udcXX
+    def identity(path, info: dict | None = None) -> tuple:
+        """See `index.storage.identity`; `info`: a listing's entry for a remote source (no request of its own)."""
+        from . import storage
 
-    def sha256(self, path) -> str:
+        if info is not None and storage.is_remote(path):
+            return storage.remote_identity(storage.location(path), info)
+        return storage.identity(path)
+
+    def sha256(self, path, info: dict | None = None) -> str:
         """The file's content hash: from the cache when its identity is unchanged, else read in full."""
-        key = self.identity(path)
+        key = self.identity(path, info)
         sha = self.entries.get(key)
         if sha is not None:
             self.cached += 1
@@ -157,13 +188,29 @@ class HashCache:
         return sha
 
     def _append(self, entry: dict) -> None:
+        if self.remote:
+            self._new.append(entry)
+            if len(self._new) >= self.BATCH:
+                self._write_batch()
+            return
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
         self._file.write(json.dumps(entry) + "\n")
         self._file.flush()
 
+    def _write_batch(self) -> None:
+        from . import storage
+
+        if not self._new:
+            return
+        self._seq += 1
+        text = "".join(json.dumps(e) + "\n" for e in self._new)
+        storage.write_text(self.out / STATE_DIR / f"hashes-{self._token}-{self._seq:04d}.jsonl", text)
+        self._new = []
+
     def close(self) -> None:
+        self._write_batch()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -185,54 +232,135 @@ class LockError(UsageError):
 class OutputLock:
     """An exclusive lock on OUT_DIR/.shotcap/lock for the length of a run (`with OutputLock(out, cmd, "split-videos")`).
 
-    The kernel drops the lock when the process ends, however it ends, so a killed run never leaves the folder
-    locked. The file names its holder, which a second run reports before exiting. `owner` claims the folder for
-    one command (OUT_DIR/.shotcap/owner): another command is refused it, so that no stage writes its
+    On disk the kernel drops the lock (flock) when the process ends, however it ends, so a killed run never leaves
+    the folder locked. On an object store the lock is a lease: an object created only if absent (a conditional PUT,
+    If-None-Match, where the store has one: S3; elsewhere a check then a write, which two runs starting in the same
+    instant could both pass), renewed every third of `LEASE_SECONDS` while the run lasts and deleted at its end. A
+    lease whose holder stopped renewing (a killed run) lapses after `LEASE_SECONDS`, at once when its holder's
+    process on this same machine is gone. The holder is named in the error a second run reports. `owner` claims the
+    folder for one command (OUT_DIR/.shotcap/owner): another command is refused it, so that no stage writes its
     clips.parquet or failed.jsonl over another stage's."""
 
+    LEASE_SECONDS = float(os.environ.get("SHOTCAP_LEASE_SECONDS", 120))
+
     def __init__(self, out_dir, command: str, owner: str | None = None):
-        self.path = Path(out_dir) / STATE_DIR / "lock"
+        from . import storage
+
+        self.out = storage.location(out_dir)
+        self.path = self.out / STATE_DIR / "lock"
+        self.remote = storage.is_remote(self.out)
         self.command, self.owner = command, owner
         self.fd = None
+        self._lease = None
+
+    def _holder(self) -> str:
+        return (f"{self.command}, pid {os.getpid()} on {socket.gethostname()}, "
+                f"since {time.strftime('%Y-%m-%d %H:%M:%S')}")
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise LockError(f"{self.path.parent.parent} is in use by another run ({holder}); wait for it to "
-                            f"finish or use another output folder") from None
-        info = (f"{self.command}, pid {os.getpid()} on {socket.gethostname()}, "
-                f"since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
-        self.fd = fd
+        if self.remote:
+            self._take_lease()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise LockError(f"{self.out} is in use by another run ({holder}); wait for it to "
+                                f"finish or use another output folder") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self._holder().encode(), 0)
+            self.fd = fd
         if self.owner:
             self._claim()
         return self
 
+    # ------------------------------------------------------------ a lease on an object store
+    def _lease_bytes(self) -> bytes:
+        return json.dumps({"holder": self._holder(), "token": self._token, "host": socket.gethostname(),
+                           "pid": os.getpid(), "expires": time.time() + self.LEASE_SECONDS}).encode()
+
+    def _take_lease(self) -> None:
+        from . import storage
+
+        self._token = secrets.token_hex(8)
+        for _ in range(3):
+            if storage.create_exclusive(self.path, self._lease_bytes()):
+                break
+            try:
+                held = json.loads(storage.read_bytes(self.path))
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            except ValueError:
+                held = {"holder": "a run whose lease cannot be read", "expires": 0}
+            if not self._lapsed(held):
+                left = max(0, int(held.get("expires", 0) - time.time()))
+                raise LockError(f"{self.out} is in use by another run ({held.get('holder', 'another process')}); "
+                                f"wait for it to finish or use another output folder (a killed run's lease lapses "
+                                f"by itself in {left} s)")
+            storage.remove(self.path)  # a lapsed lease: taken over
+        else:
+            raise LockError(f"{self.out}: could not take the output lock (other runs keep taking it)")
+        self._stop = threading.Event()
+        self._lease = threading.Thread(target=self._renew, name="shotcap-lease", daemon=True)
+        self._lease.start()
+
+    @staticmethod
+    def _lapsed(held: dict) -> bool:
+        if held.get("expires", 0) < time.time():
+            return True
+        if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int):
+            try:
+                os.kill(held["pid"], 0)
+            except ProcessLookupError:
+                return True  # its process on this machine is gone
+            except PermissionError:
+                return False
+        return False
+
+    def _renew(self) -> None:
+        from . import storage
+
+        while not self._stop.wait(self.LEASE_SECONDS / 3):
+            try:
+                storage.write_bytes(self.path, self._lease_bytes())
+            except Exception as e:  # the store is unreachable for a moment: the next renewal tries again
+                print(f"shotcap: could not renew the lease on {self.out} ({type(e).__name__})", file=sys.stderr)
+
     def _claim(self) -> None:
+        from . import storage
+
         mark = self.path.parent / "owner"
         try:
-            held = mark.read_text(encoding="utf-8").strip()
+            held = storage.read_text(mark).strip()
         except (FileNotFoundError, UnicodeDecodeError):
             held = ""
         if held and held != self.owner:
             self.__exit__()
-            raise LockError(f"{self.path.parent.parent} holds the output of {held}; give {self.owner} another "
+            raise LockError(f"{self.out} holds the output of {held}; give {self.owner} another "
                             f"output folder (no command writes over another one's files)")
         if not held:
-            atomic_write_text(mark, self.owner + "\n")
+            storage.write_text(mark, self.owner + "\n")
 
     def __exit__(self, *exc):
+        from . import storage
+
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+        if self._lease is not None:
+            self._stop.set()
+            self._lease.join()
+            self._lease = None
+            try:
+                if json.loads(storage.read_bytes(self.path)).get("token") == self._token:
+                    storage.remove(self.path)
+            except (FileNotFoundError, ValueError):
+                pass
         return False
 
 

@@ -1,34 +1,42 @@
-"""Manifest I/O: Parquet with a schema version, atomic writes, resumable per-unit parts, failed.jsonl.
+"""Manifests: Parquet datasets read and written in record batches, failed.jsonl, provenance, a stage's input.
 
-A stage processes units (a source video, a group of clips) and writes one part file per finished unit
-with `PartStore`. A re-run skips finished units, and the final manifest is the sorted merge of all parts,
-so a kill at any point followed by a re-run gives the same manifest as an uninterrupted run.
+A manifest is one Parquet file (`clips.parquet`, readable by `pandas.read_parquet(path)`) or, past
+`ROWS_PER_FILE` rows, a folder of that name holding `part-00000.parquet`, `part-00001.parquet`, ... in order, and
+`_manifest.json` (the files and their rows), written last: a folder without it is a manifest being written, and
+is refused rather than read in part. pandas, pyarrow and DuckDB read either shape as one table. Every path may
+be a URL (see `index.storage`).
+
+A stage processes units and writes their rows with `index.parts.PartStore`; its manifest is then written from the
+parts with `index.query` (sorted, joined, streamed), so a kill at any point followed by a re-run gives the same
+manifest as an uninterrupted run, and no stage holds the whole manifest in memory.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
-from pathlib import Path
+import tempfile
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import index.storage as storage
 from .engine import BadInput, Interrupted, UsageError, ctrl_c_guard, ignore_ctrl_c
-from .files import atomic_write_bytes, atomic_write_text
+from .parts import ManifestError, PartStore, display_path, failure  # noqa: F401  (part of this module's API)
 from .record import CORE_COLUMNS, SCHEMA_VERSION, STAGE_COLUMNS
 
 META_KEY = b"shotcap.schema_version"
 FAILED_NAME = "failed.jsonl"
 PROVENANCE_NAME = "provenance.json"
+DATASET_INDEX = "_manifest.json"
+ROWS_PER_FILE = int(os.environ.get("SHOTCAP_ROWS_PER_FILE", 1_000_000))
+ROW_GROUP = 65_536
 # Columns anyone may add without registering them (scores, user metadata).
 FREE_PREFIXES = ("score_", "meta_", "x_")
-
-
-class ManifestError(UsageError):
-    """A manifest that cannot be used, with a one-line reason."""
 
 
 # ---------------------------------------------------------------- manifest read / write
@@ -44,40 +52,246 @@ def _check_columns(columns, path, require_core: bool = True) -> None:
                             f"(prefix your own columns with one of {', '.join(FREE_PREFIXES)})")
 
 
-def write_manifest(df: pd.DataFrame, path) -> Path:
-    """Write a manifest atomically as Parquet, with the schema version in the file metadata.
-    Each clip is on one row: a repeated `clip_id` is a bug of the stage that made the frame, and stops it."""
-    _check_columns(df.columns, path)
-    repeated = df["clip_id"][df["clip_id"].duplicated()]
-    if len(repeated):
-        raise RuntimeError(f"{path}: clip_id {repeated.iloc[0]} on more than one row ({len(repeated)} repeats); "
-                           "a manifest holds each clip once")
-    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[META_KEY] = str(SCHEMA_VERSION).encode()
-    table = table.replace_schema_metadata(meta)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return atomic_write_bytes(path, sink.getvalue().to_pybytes())
+def manifest_files(path) -> list:
+    """The Parquet files of a manifest, in order: [the file] or a dataset folder's files. A folder holding our
+    part files but no `_manifest.json` was being written when its command stopped: refused in one line."""
+    loc = storage.location(path)
+    if storage.is_file(loc):
+        return [loc]
+    entries = storage.listing(loc)
+    if not entries:
+        raise ManifestError(f"{path}: no such manifest")
+    if DATASET_INDEX in entries:
+        index = json.loads(storage.read_text(loc / DATASET_INDEX))
+        return [loc / name for name in index["files"]]
+    files = sorted(n for n in entries if n.endswith(".parquet") and not n.startswith(("_", ".")))
+    if any(n.startswith("part-") for n in files):
+        raise ManifestError(f"{path}: a manifest being written or cut short (no {DATASET_INDEX}); run the command "
+                            "that writes it again to finish it")
+    if not files:
+        raise ManifestError(f"{path}: no Parquet files in this folder")
+    return [loc / n for n in files]  # a folder of Parquet files someone else wrote: read in name order
+
+
+def manifest_folder(path):
+    """The folder a manifest's companions (failed.jsonl, provenance.json) lie in: a manifest's parent, a folder
+    that is no manifest itself."""
+    loc = storage.location(path)
+    name = loc.name.lower()
+    if name.endswith((".parquet", ".jsonl", ".csv")) or not storage.is_dir(loc):
+        return loc.parent
+    return loc
+
+
+def open_files(files) -> pa.Table:
+    """The files as one table (columns unified by name); for small manifests (tests, exports, the index)."""
+    tables = [pq.read_table(_source(f)) for f in files]
+    meta = tables[0].schema.metadata if tables else None
+    from .parts import concat
+
+    t = concat(tables) if len(tables) > 1 else tables[0]
+    return t.replace_schema_metadata(meta)
+
+
+def _source(loc):
+    if storage.is_remote(loc):
+        fs, p = storage.fs_path(loc)
+        return fs.open(p, "rb")
+    return os.fspath(loc)
+
+
+class ManifestWriter:
+    """Writes a manifest from record batches, atomically, holding at most one row group in memory.
+
+        with ManifestWriter(out / "clips.parquet") as w:
+            for batch in batches: w.write(batch)
+
+    Up to `rows_per_file` rows it is one file (temp file + rename, or one upload); past that a folder of files and
+    `_manifest.json`, written last (see the module docstring). The same rows give the same bytes. `check`: the
+    columns are checked as a manifest's (off for other Parquet outputs such as index.parquet)."""
+
+    def __init__(self, path, rows_per_file: int | None = None, check: bool = True):
+        self.path = storage.location(path)
+        self.rows_per_file = int(rows_per_file or ROWS_PER_FILE)
+        self.check = check
+        self.files: list[tuple[str, int]] = []  # (local temp or uploaded name, rows) of finished files
+        self.rows = 0
+        self._writer = self._local = None
+        self._schema = None
+        self._pending: list = []
+        self._pending_rows = 0
+        self._file_rows = 0
+        self._folder = False
+        if storage.is_remote(self.path):
+            self._tmp = tempfile.mkdtemp(prefix="shotcap-manifest-")
+        else:  # beside the manifest (the rename stays on one filesystem), named as our temp files are
+            from .files import temp_name
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = os.fspath(temp_name(self.path))
+            os.mkdir(self._tmp)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *exc):
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+    def write(self, rows) -> None:
+        from .parts import to_table
+
+        table = to_table(rows)
+        if self._schema is None:
+            if self.check:
+                _check_columns(table.column_names, self.path)
+            meta = {**(table.schema.metadata or {}), META_KEY: str(SCHEMA_VERSION).encode()}
+            self._schema = table.schema.with_metadata(meta)
+        elif table.schema.remove_metadata() != self._schema.remove_metadata():
+            table = table.cast(self._schema.remove_metadata()) if table.column_names == self._schema.names else \
+                table.select(self._schema.names).cast(self._schema.remove_metadata())
+        if not len(table):
+            return
+        self._pending.append(table)
+        self._pending_rows += len(table)
+        while self._pending_rows >= min(ROW_GROUP, self.rows_per_file - self._file_rows):
+            self._emit(min(ROW_GROUP, self.rows_per_file - self._file_rows))
+
+    def _emit(self, n: int) -> None:
+        table = pa.concat_tables([t.replace_schema_metadata(None) for t in self._pending]).combine_chunks()
+        group, rest = table.slice(0, n), table.slice(n)
+        self._pending, self._pending_rows = ([rest] if len(rest) else []), len(rest)
+        if self._writer is None:
+            self._local = os.path.join(self._tmp, f"part-{len(self.files):05d}.parquet")
+            self._writer = pq.ParquetWriter(self._local, self._schema)
+        if self.check and group.num_rows and pc.count_distinct(group.column("clip_id")).as_py() != group.num_rows:
+            _repeated(group, self.path)
+        self._writer.write_table(group.replace_schema_metadata(self._schema.metadata), row_group_size=ROW_GROUP)
+        self._file_rows += len(group)
+        self.rows += len(group)
+        if self._file_rows >= self.rows_per_file:
+            self._end_file()
+
+    def _end_file(self) -> None:
+        self._writer.close()
+        self._writer = None
+        self.files.append((self._local, self._file_rows))
+        self._file_rows = 0
+        if len(self.files) == 2 and not self._folder:  # a second file: the manifest is a folder
+            self._begin_folder()
+        if self._folder:
+            self._upload(len(self.files) - 1)
+
+    def _begin_folder(self) -> None:
+        self._folder = True
+        if storage.is_file(self.path):  # a single-file manifest of ours becomes a folder
+            storage.remove(self.path)
+        storage.remove(self.path / DATASET_INDEX)  # from here until it is written again, the folder is incomplete
+        storage.makedirs(self.path)
+        self._upload(0)
+
+    def _upload(self, k: int) -> None:
+        local, rows = self.files[k]
+        name = f"part-{k:05d}.parquet"
+        storage.upload(local, self.path / name)
+        self.files[k] = (name, rows)
+
+    def close(self) -> None:
+        if self._pending_rows:
+            self._emit(self._pending_rows)
+        if self._writer is not None:
+            self._end_file()
+        try:
+            if not self.files:  # no rows: an empty manifest of the schema (or of the core columns)
+                schema = self._schema or pa.schema([(c, pa.string()) for c in CORE_COLUMNS]).with_metadata(
+                    {META_KEY: str(SCHEMA_VERSION).encode()})
+                local = os.path.join(self._tmp, "empty.parquet")
+                pq.write_table(schema.empty_table(), local)
+                self.files.append((local, 0))
+            if not self._folder:
+                self._place_single(self.files[0][0])
+            else:
+                self._commit_folder()
+        finally:
+            self.abort()
+
+    def _place_single(self, local: str) -> None:
+        if storage.is_dir(self.path):  # a folder manifest of ours becomes one file again
+            storage.remove(self.path / DATASET_INDEX)
+            storage.remove_many([self.path / n for n in storage.listing(self.path) if n.startswith("part-")])
+            if not storage.is_remote(self.path):
+                os.rmdir(self.path)
+        storage.upload(local, self.path)
+
+    def _commit_folder(self) -> None:
+        names = [n for n, _ in self.files]
+        stale = [n for n in storage.listing(self.path) if n.startswith("part-") and n not in names]
+        storage.remove_many([self.path / n for n in stale])
+        if self.check and len(self.files) > 1:
+            _check_unique(self.path, names)
+        index = {"files": names, "rows": [r for _, r in self.files], "schema_version": SCHEMA_VERSION}
+        storage.write_text(self.path / DATASET_INDEX, json.dumps(index, indent=1))
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        import shutil
+
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _repeated(table: pa.Table, path) -> None:
+    ids = table.column("clip_id").to_pandas()
+    rep = ids[ids.duplicated()]
+    raise RuntimeError(f"{path}: clip_id {rep.iloc[0]} on more than one row ({len(rep)} repeats); "
+                       "a manifest holds each clip once")
+
+
+def _check_unique(path, names) -> None:
+    """Each clip on one row across the files of a folder manifest (a repeat is a bug of the stage that wrote it)."""
+    from . import query
+
+    with query.connect() as con:
+        files = query.files_sql(con, [path / n for n in names])
+        row = con.execute(f"SELECT clip_id, count(*) AS n FROM {files} GROUP BY clip_id HAVING n > 1 LIMIT 1").fetchall()
+    if row:
+        raise RuntimeError(f"{path}: clip_id {row[0]} on more than one row; a manifest holds each clip once")
+
+
+def write_manifest(df, path, rows_per_file: int | None = None):
+    """Write a manifest (a DataFrame or an Arrow table) atomically, with the schema version in its metadata. Each
+    clip is on one row: a repeated `clip_id` is a bug of the stage that made the frame, and stops it."""
+    with ManifestWriter(path, rows_per_file) as w:
+        w.write(df)
+    return storage.location(path)
+
+
+def write_stream(batches, path, rows_per_file: int | None = None, check: bool = True) -> int:
+    """Write record batches (a query's result) as a manifest; returns the rows written."""
+    with ManifestWriter(path, rows_per_file, check=check) as w:
+        for b in batches:
+            w.write(b)
+    return w.rows
 
 
 def read_manifest(path) -> pd.DataFrame:
-    """Read a manifest (.parquet, .jsonl or .csv) and check it; clear one-line errors otherwise."""
-    path = Path(path)
-    if not path.exists():
+    """Read a manifest (.parquet file or folder, .jsonl or .csv) into memory and check it; clear one-line errors
+    otherwise. For small manifests; stages stream theirs (`index.query.open_input`)."""
+    loc = storage.location(path)
+    if not storage.exists(loc):
         raise ManifestError(f"{path}: no such manifest")
-    suffix = path.suffix.lower()
+    suffix = loc.suffix.lower()
     try:
-        if suffix == ".jsonl":
-            df = pd.read_json(path, lines=True)
-        elif suffix == ".csv":
-            df = pd.read_csv(path)
+        if suffix in (".jsonl", ".csv"):
+            with storage.open_read(loc) as f:
+                df = pd.read_json(f, lines=True) if suffix == ".jsonl" else pd.read_csv(f)
         else:
-            table = pq.read_table(path)
-            version = (table.schema.metadata or {}).get(META_KEY)
-            if version is not None and int(version) > SCHEMA_VERSION:
-                raise ManifestError(f"{path}: schema version {int(version)} is newer than this "
-                                    f"shotcap's ({SCHEMA_VERSION}); upgrade shotcap")
+            table = open_files(manifest_files(loc))
+            check_version(table.schema, path)
             df = table.to_pandas()
     except ManifestError:
         raise
@@ -85,6 +299,13 @@ def read_manifest(path) -> pd.DataFrame:
         raise ManifestError(f"{path}: cannot read manifest ({type(e).__name__}: {str(e)[:200]})") from None
     _check_columns(df.columns, path)
     return _check_values(df, path)
+
+
+def check_version(schema: pa.Schema, path) -> None:
+    version = (schema.metadata or {}).get(META_KEY)
+    if version is not None and int(version) > SCHEMA_VERSION:
+        raise ManifestError(f"{path}: schema version {int(version)} is newer than this "
+                            f"shotcap's ({SCHEMA_VERSION}); upgrade shotcap")
 
 
 _TYPES = {**{c: "int" for c in ("start_frame", "end_frame", "num_frames", "width", "height")},
@@ -176,7 +397,7 @@ def check_sources(df: pd.DataFrame, hashes, stage: str) -> tuple[pd.DataFrame, l
     fails = []
     for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
         try:
-            if not Path(path).exists():
+            if not storage.exists(path):
                 raise BadInput("video missing")
             if hashes.sha256(path) != sha:
                 raise BadInput("video changed since it was split (sha256 mismatch)")
@@ -186,43 +407,13 @@ def check_sources(df: pd.DataFrame, hashes, stage: str) -> tuple[pd.DataFrame, l
     return (df.drop(index=sorted(bad)) if bad else df), fails
 
 
-def clip_set_units(df: pd.DataFrame, store: "PartStore", salt: str = "") -> list:
-    """One `Unit` per source video holding its clips that `store` has not done yet, so a unit's key covers its
-    clip set: a manifest of more clips of a source done before (a subset first, the whole later) redoes only
-    the new clips. `unit.data` is the rows (dicts, in frame order); `salt`: anything else the output depends on."""
-    import hashlib
-
-    from .engine import Unit
-
-    done = store.done_ids()
-    units = []
-    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
-        todo = rows[~rows["clip_id"].isin(done)].sort_values(["start_frame", "clip_id"], kind="stable")
-        if not len(todo):
-            continue
-        ids = tuple(str(c) for c in todo["clip_id"])
-        key = hashlib.sha256("\n".join([salt, str(sha), *sorted(ids)]).encode()).hexdigest()[:32]
-        units.append(Unit(key, str(path), data=todo.to_dict("records"), weight=len(ids), ids=ids))
-    return units
-
-
-def join_columns(df: pd.DataFrame, parts: pd.DataFrame, columns) -> pd.DataFrame:
-    """A stage's output: the input rows (in their order) that have a part row, with the stage's `columns` from
-    the parts (replacing the input's own copies of those columns; no other column is touched)."""
-    cols = [c for c in columns if c in parts.columns]
-    base = df.drop(columns=[c for c in cols if c in df.columns])
-    if not len(parts):
-        return base.iloc[:0].assign(**{c: pd.Series(dtype=object) for c in cols})
-    return base.merge(parts[["clip_id", *cols]], on="clip_id", how="inner", validate="one_to_one")
-
-
-def export_manifest(df: pd.DataFrame, path) -> Path:
+def export_manifest(df: pd.DataFrame, path):
     """Export to .jsonl or .csv (Parquet stays the truth)."""
-    path = Path(path)
+    path = storage.location(path)
     if path.suffix == ".jsonl":
-        return atomic_write_text(path, df.to_json(orient="records", lines=True, force_ascii=False))
+        return storage.write_text(path, df.to_json(orient="records", lines=True, force_ascii=False))
     if path.suffix == ".csv":
-        return atomic_write_text(path, df.to_csv(index=False))
+        return storage.write_text(path, df.to_csv(index=False))
     raise ManifestError(f"{path}: export to .jsonl or .csv")
 
 
@@ -252,22 +443,7 @@ def run_cli(prog: str, main, argv=None) -> int:
             return 2
 
 
-# ---------------------------------------------------------------- failures
-
-def display_path(path) -> str:
-    """A path as text that can always be written (a file name that is not valid UTF-8 shows its bytes as \\xNN)."""
-    text = str(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def failure(path, stage: str, reason: str) -> dict:
-    reason = " ".join(str(reason).split())[:300]  # always one line
-    return {"path": display_path(path), "stage": stage, "reason": reason}
-
+# ---------------------------------------------------------------- failures and provenance
 
 def add_retry_arg(parser) -> None:
     """`--retry-failed` for a stage command whose re-runs skip failed units."""
@@ -276,151 +452,60 @@ def add_retry_arg(parser) -> None:
                              "a re-run skips them otherwise)")
 
 
-def write_failed(out_dir, failures: list[dict]) -> Path:
-    lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures)
-    return atomic_write_text(Path(out_dir) / FAILED_NAME, lines)
+def write_failed(out_dir, failures) -> object:
+    """OUT_DIR/failed.jsonl from failure records (a list or any iterable: written as it is read)."""
+    loc = storage.location(out_dir) / FAILED_NAME
+    fd, local = tempfile.mkstemp(prefix=".shotcap-failed-", suffix=".jsonl",
+                                 dir=None if storage.is_remote(loc) else _ensure(loc.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for rec in failures:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(local, 0o666 & ~_umask())
+        return storage.upload(local, loc)
+    finally:
+        if os.path.exists(local):
+            os.unlink(local)
+
+
+def _ensure(folder) -> str:
+    storage.makedirs(folder)
+    return os.fspath(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_failed(out_dir) -> list[dict]:
-    p = Path(out_dir) / FAILED_NAME
-    if not p.exists():
+    p = storage.location(out_dir) / FAILED_NAME
+    try:
+        text = storage.read_text(p)
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def write_provenance(out_dir, stage: str, options: dict, source=None) -> Path:
+def write_provenance(out_dir, stage: str, options: dict, source=None):
     """OUT_DIR/provenance.json: the steps that made this folder's manifest, in order (the input folder's steps,
     then this one: stage, output folder, options), so a data card can say how its data was made."""
     steps = read_provenance(source) if source is not None else []
-    out = str(Path(out_dir).resolve())
+    loc = storage.location(out_dir)
+    out = str(loc) if storage.is_remote(loc) else str(loc.resolve())
     steps = [s for s in steps if s.get("out") != out]  # a re-run into the same folder replaces its own step
     steps.append({"stage": stage, "out": out, "options": options})
-    return atomic_write_text(Path(out_dir) / PROVENANCE_NAME, json.dumps({"steps": steps}, indent=2, default=str))
+    return storage.write_text(loc / PROVENANCE_NAME, json.dumps({"steps": steps}, indent=2, default=str))
 
 
 def read_provenance(source) -> list[dict]:
-    """The steps recorded beside a manifest (a manifest file or its folder); [] when none were."""
-    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    """The steps recorded beside a manifest (a manifest file or dataset folder, or its folder); [] when none."""
     try:
-        steps = json.loads((folder / PROVENANCE_NAME).read_text(encoding="utf-8"))["steps"]
+        folder = manifest_folder(source)
+        steps = json.loads(storage.read_text(folder / PROVENANCE_NAME))["steps"]
         return [s for s in steps if isinstance(s, dict)]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-
-
-# ---------------------------------------------------------------- resumable parts
-
-class PartStore:
-    """One part file per finished unit under OUT_DIR/.parts/STAGE/, written by the driver only.
-
-    `key` must be filesystem-safe (a hex hash) and derived from everything the unit's output depends on. `config`
-    (options that change the output) is stored on first use; a re-run with different options is refused instead
-    of mixing outputs. A failed unit counts as done (a re-run does not try it again) unless `retry_failed`.
-    A failure may name the clip ids it covers (`ids`), so stages whose units are clip sets can tell which clips
-    are done: `done_ids`.
-    """
-
-    def __init__(self, out_dir, stage: str, config: dict | None = None, retry_failed: bool = False):
-        self.dir = Path(out_dir) / ".parts" / stage
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.stage = stage
-        self.retry_failed = retry_failed
-        if config is not None:
-            cfg_path = self.dir / "config.json"
-            text = json.dumps(config, sort_keys=True, default=str)
-            if cfg_path.exists() and cfg_path.read_text() != text:
-                old = json.loads(cfg_path.read_text())
-                diff = sorted(k for k in set(old) | set(config) if old.get(k) != json.loads(text).get(k))
-                raise ManifestError(f"{out_dir} holds a {stage} run made with other options "
-                                    f"({', '.join(diff)}); use a new output folder or delete it")
-            if not cfg_path.exists():
-                atomic_write_text(cfg_path, text)
-
-    def _part(self, key: str) -> Path:
-        return self.dir / f"{key}.parquet"
-
-    def _fail(self, key: str) -> Path:
-        return self.dir / f"{key}.failed.json"
-
-    def done(self, key: str) -> bool:
-        return self._part(key).exists() or (not self.retry_failed and self._fail(key).exists())
-
-    def write(self, key: str, df: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        atomic_write_bytes(self._part(key), sink.getvalue().to_pybytes())
-        self._fail(key).unlink(missing_ok=True)
-
-    def fail(self, key: str, path, reason: str, ids=()) -> dict:
-        rec = failure(path, self.stage, reason)
-        atomic_write_text(self._fail(key), json.dumps({**rec, "ids": [str(i) for i in ids]}, ensure_ascii=False))
-        return rec
-
-    def keys(self) -> set[str]:
-        return {p.name.split(".")[0] for p in self.dir.glob("*.parquet")}
-
-    def _failures(self) -> list[tuple[str, dict]]:
-        return [(p.name.split(".")[0], json.loads(p.read_text(encoding="utf-8")))
-                for p in sorted(self.dir.glob("*.failed.json"))]
-
-    def done_ids(self, column: str = "clip_id") -> set:
-        """Ids in the parts (and, unless `retry_failed`, in the failures): what a clip-set stage need not redo."""
-        files = sorted(self.dir.glob("*.parquet"))
-        ids = set()
-        if files:
-            ids = set(_dataset(files, [column]).column(column).to_pylist()) if files else set()
-        if not self.retry_failed:
-            for _, rec in self._failures():
-                ids.update(rec.get("ids", ()))
-        return ids
-
-    def merge(self, sort_by=("video_path", "start_frame"), keys=None, ids=None) -> tuple[pd.DataFrame, list[dict]]:
-        """All parts as one sorted frame, and the failure records, read with pyarrow.dataset (threaded).
-        `keys`: only those units' parts (a record named KEY-SUFFIX, a failure of one item of unit KEY, belongs to
-        KEY); `ids`: only rows (and failures) of those clip ids, each clip once (the first part in name order).
-        The other parts stay on disk, so a unit that comes back is not redone."""
-        def wanted(p: Path) -> bool:
-            stem = p.name.split(".")[0]
-            return keys is None or stem in keys or stem.rsplit("-", 1)[0] in keys
-
-        files = [p for p in sorted(self.dir.glob("*.parquet")) if wanted(p)]
-        table = _dataset(files) if files else None
-        if table is not None and ids is not None:
-            import pyarrow.compute as pc
-
-            col = table.column("clip_id")
-            table = table.filter(pc.is_in(col, value_set=pa.array(list(ids), type=col.type)))
-        # self_destruct: each column's Arrow buffers are freed as it is converted (peak memory ~ one copy, not two)
-        df = (table.to_pandas(self_destruct=True, split_blocks=True) if table is not None
-              else pd.DataFrame(columns=list(CORE_COLUMNS)))
-        table = None
-        if ids is not None and len(df):
-            df = df.drop_duplicates("clip_id", keep="first")
-        order = [c for c in sort_by if c in df.columns]
-        if order and len(df):
-            df = df.sort_values(order, kind="stable")
-        df = df.reset_index(drop=True)
-        fails = []
-        done = set(df["clip_id"]) if ids is not None and len(df) else set()
-        for stem, rec in self._failures():
-            if not (keys is None or stem in keys or stem.rsplit("-", 1)[0] in keys):
-                continue
-            if ids is not None and rec.get("ids") and not (set(rec["ids"]) & ids) - done:
-                continue  # none of its clips is wanted, or they all succeeded since (a retry, another clip set)
-            fails.append({k: v for k, v in rec.items() if k != "ids"})
-        fails.sort(key=lambda r: (r["path"], r["reason"]))
-        return df, fails
-
-
-def _dataset(files: list[Path], columns=None) -> pa.Table:
-    """Parquet parts as one table, threaded; parts whose columns differ (a column all null in one part, an int
-    in one and a float in another) are read under their unified schema."""
-    import pyarrow.dataset as ds
-
-    schemas = [pq.read_schema(f).remove_metadata() for f in files]
-    schema = schemas[0] if all(s == schemas[0] for s in schemas) else pa.unify_schemas(
-        schemas, promote_options="permissive")
-    # pre_buffer off: parts are small, and buffering each whole file ahead only raised the peak memory (measured)
-    fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False))
-    return ds.dataset([str(f) for f in files], schema=schema, format=fmt).to_table(columns=columns, use_threads=True)

@@ -24,10 +24,10 @@ def _duration(sec: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, label: str, unit: str = "units", enabled: bool = True,
+    def __init__(self, total: int | None, label: str, unit: str = "units", enabled: bool = True,
                  interval: float | None = None, stream=None):
-        self.total, self.label, self.unit = int(total), label, unit
-        self.enabled = enabled and total > 0
+        self.total, self.label, self.unit = (int(total) if total is not None else None), label, unit
+        self.enabled = enabled and (total is None or total > 0)  # None: not known up front (a streamed input)
         self.stream = stream or sys.stderr
         self.interval = float(interval if interval is not None else os.environ.get("SHOTCAP_PROGRESS_INTERVAL", 30))
         self.done = 0
@@ -35,7 +35,7 @@ class Progress:
 
     def __enter__(self):
         self.start = self.last = time.monotonic()
-        if self.enabled and getattr(self.stream, "isatty", lambda: False)():
+        if self.enabled and self.total is not None and getattr(self.stream, "isatty", lambda: False)():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as Bar
@@ -50,6 +50,8 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = self.done / elapsed
+        if self.total is None:
+            return f"{self.label}: {self.done} {self.unit}, {rate:.2f}/s"
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta_text = _duration(eta) if eta != float("inf") else "unknown"

@@ -11,6 +11,7 @@ the same mp4 bytes (with the same PyAV and FFmpeg builds).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import io
 import math
@@ -63,9 +64,21 @@ class Frame:
     image: np.ndarray  # H x W x 3 uint8 RGB, as displayed
 
 
+@contextlib.contextmanager
 def _open(src):
+    """The source as an open PyAV container: a local file (refused when it is not a regular, non-empty file), a
+    URL (read through `index.storage.open_read`: range reads ahead, one sequential pass), bytes or a file object."""
+    from . import storage
+
+    fileobj = None
     if isinstance(src, (bytes, bytearray, memoryview)):
         src = io.BytesIO(bytes(src))
+    elif storage.is_remote(src):
+        fileobj = storage.open_read(src)
+        if getattr(fileobj, "size", None) == 0:
+            fileobj.close()
+            raise VideoError("zero-byte file")
+        src = fileobj
     elif isinstance(src, (str, os.PathLike)):
         p = Path(src)
         try:
@@ -80,9 +93,15 @@ def _open(src):
             raise VideoError("zero-byte file")
         src = str(p)
     try:
-        return av.open(src, "r")
-    except av.error.FFmpegError as e:
-        raise VideoError(f"not a readable video ({_short(e)})") from None
+        try:
+            container = av.open(src, "r")
+        except av.error.FFmpegError as e:
+            raise VideoError(f"not a readable video ({_short(e)})") from None
+        with container:
+            yield container
+    finally:
+        if fileobj is not None:
+            fileobj.close()
 
 
 def _short(e: Exception) -> str:
@@ -159,7 +178,7 @@ def probe(src) -> VideoInfo:
         rot = _rotation(stream, first)
         w, h = _display_size(cc.width or first.width, cc.height or first.height, sar, rot)
         return VideoInfo(
-            path=str(src) if isinstance(src, (str, os.PathLike)) else "<bytes>",
+            path=str(src) if not isinstance(src, (bytes, bytearray, memoryview, io.IOBase)) else "<bytes>",
             container=c.format.name, codec=cc.name, width=w, height=h,
             coded_width=first.width, coded_height=first.height,
             sar=float(sar) if sar else 1.0, rotation=rot, fps=round(fps, 6), duration=duration,
@@ -418,13 +437,17 @@ def cut_clips(src, ranges: Sequence[tuple[int, int]], dst_paths: Sequence | None
 
     Returns the paths (or the mp4 bytes when `dst_paths` is None), in the order of `ranges`.
     """
+    from . import storage
+
     ranges = [(int(a), int(b)) for a, b in ranges]
     if not ranges:
         return []
+    remote = [d is not None and storage.is_remote(d) for d in (dst_paths or [None] * len(ranges))]
     if fps is None:
         fps = probe(src).fps if not isinstance(src, io.IOBase) else 25.0
     rates = [float(r) for r in fps] if isinstance(fps, (list, tuple, np.ndarray)) else [float(fps)] * len(ranges)
-    dsts = list(dst_paths) if dst_paths is not None else [None] * len(ranges)
+    targets = list(dst_paths) if dst_paths is not None else [None] * len(ranges)
+    dsts = [None if r else d for d, r in zip(targets, remote)]  # a clip for a store is encoded in memory
     encoders: dict[int, _ClipEncoder] = {}
     results: list = [None] * len(ranges)
     last = max(b for _, b in ranges)
@@ -436,7 +459,10 @@ def cut_clips(src, ranges: Sequence[tuple[int, int]], dst_paths: Sequence | None
                 encoders[k].add(fr.image)
                 if fr.index == b - 1:
                     data = encoders[k].close()
-                    results[k] = data if dsts[k] is None else Path(dsts[k])
+                    if remote[k]:
+                        results[k] = storage.write_bytes(targets[k], data)  # one PUT: complete or absent
+                    else:
+                        results[k] = data if dsts[k] is None else Path(dsts[k])
     missing = [ranges[k] for k in range(len(ranges)) if results[k] is None]
     for k in encoders:
         if results[k] is None:  # the source ended inside this range: drop the partial clip

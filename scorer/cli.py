@@ -13,13 +13,12 @@ import hashlib
 import json
 import math
 import sys
-from pathlib import Path
 
-import pandas as pd
 
+from index import query, storage
 from index.engine import EngineError, add_engine_args, options_from_args, run_stage
 from index.files import HashCache, OutputLock, command_line, remove_own_temps
-from index.manifest import (ManifestError, PartStore, add_retry_arg, check_sources, load_manifest, run_cli,
+from index.manifest import (ManifestError, PartStore, add_retry_arg, manifest_files, manifest_folder, run_cli,
                             write_provenance)
 
 from .aesthetic import DEFAULT_MODEL as AESTHETIC_MODEL
@@ -78,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_summary(out: pd.DataFrame, columns: list[str], counts: dict, failures: list, out_path: Path) -> None:
+def print_summary(stats: list[tuple[str, str]], counts: dict, failures: list, out_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -86,19 +85,32 @@ def print_summary(out: pd.DataFrame, columns: list[str], counts: dict, failures:
     for k, v in [("clips scored now", counts["now"]), ("already scored", counts["before"]),
                  ("clips failed", counts["failed"]), ("failure records", len(failures))]:
         t.add_row(k, str(v))
-    for col in columns:
-        if col not in out.columns or not len(out):
-            continue
-        s = out[col]
-        if col == "camera_motion":
-            share = s.value_counts(normalize=True).head(3)
-            t.add_row("camera_motion", ", ".join(f"{k} {v:.0%}" for k, v in share.items()) or "-")
-        elif col == "text_static":
-            t.add_row("text_static", f"{s.astype(bool).mean():.0%} of clips")
-        else:
-            t.add_row(f"median {col}", f"{s.median():.4g}" if s.notna().any() else "-")
+    for k, v in stats:
+        t.add_row(k, v)
     t.add_row("manifest", str(out_path))
     Console(stderr=True).print(t)
+
+
+def score_stats(con, path, columns: list[str]) -> list[tuple[str, str]]:
+    """One summary line per score of the written manifest, computed by the query engine (streamed)."""
+    src = query.files_sql(con, manifest_files(path))
+    have = set(query.names_of(con, f"SELECT * FROM {src}"))
+    if not con.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0]:
+        return []
+    out = []
+    for col in (c for c in columns if c in have):
+        c = query.ident(col)
+        if col == "camera_motion":
+            top = con.execute(f"SELECT {c}, count(*) * 1.0 / sum(count(*)) OVER () AS f FROM {src} GROUP BY {c} "
+                          f"ORDER BY f DESC, {c} LIMIT 3").fetchall()
+            out.append(("camera_motion", ", ".join(f"{k} {v:.0%}" for k, v in top) or "-"))
+        elif col == "text_static":
+            share = con.execute(f"SELECT avg(CAST(coalesce({c}, false) AS DOUBLE)) FROM {src}").fetchall()[0][0]
+            out.append(("text_static", f"{share:.0%} of clips"))
+        else:
+            med = con.execute(f"SELECT median({c}) FROM {src}").fetchall()[0][0]
+            out.append((f"median {col}", f"{med:.4g}" if med is not None else "-"))
+    return out
 
 
 def main(argv=None) -> int:
@@ -112,16 +124,22 @@ def _error(e) -> int:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    out_dir, manifest = Path(args.out), Path(args.manifest)
+    with query.connect() as con:
+        return _run(args, con)
+
+
+def _run(args, con) -> int:
     try:  # every user mistake is found here, before any work
+        out_dir, manifest = storage.location(args.out), storage.location(args.manifest)
+        storage.check_store(manifest, "input")
+        storage.check_store(out_dir, "output")
         if not (math.isfinite(args.sample_fps) and args.sample_fps > 0):
             raise ValueError(f"--sample-fps must be a positive number, got {args.sample_fps}")
         if args.batch_size < 1:
             raise ValueError("--batch-size must be at least 1")
-        df, row_failures = load_manifest(manifest, STAGE)
-        rows = len(df) + len(row_failures)  # clips of the input manifest
+        inp = query.Input(con, manifest, STAGE)
         scorers = select_scorers(
-            args.scorers, has_caption="caption" in df.columns, nsfw_asked=args.nsfw_model is not None,
+            args.scorers, has_caption="caption" in inp.columns, nsfw_asked=args.nsfw_model is not None,
             aesthetic_model=args.aesthetic_model, aesthetic_head=args.aesthetic_head, match_model=args.match_model,
             nsfw_model=args.nsfw_model or NSFW_MODEL, device=args.device, batch_size=args.batch_size)
         for scorer in scorers:
@@ -137,23 +155,23 @@ def _main(argv=None) -> int:
     salt = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     with OutputLock(out_dir, command_line(), "score-clips"):
         remove_own_temps(out_dir, out_dir / ".parts" / STAGE)
-        with HashCache(out_dir, also=[manifest.parent]) as hashes:
-            df, source_failures = check_sources(df, hashes, STAGE)
+        with HashCache(out_dir, also=[manifest_folder(manifest)]) as hashes:
+            source_failures = query.check_sources(inp, hashes, STAGE)
         try:
             store = PartStore(out_dir, STAGE, config=config, retry_failed=args.retry_failed)
-            stage = ScoreStage(df, store, scorers, out_dir, sample_fps=args.sample_fps, flow_model=args.flow_model,
-                               device=args.device, salt=salt, failures=row_failures + source_failures)
-            done_before = store.done_ids() & set(df["clip_id"])
+            before = query.count_done_rows(con, store)
+            stage = ScoreStage(con, store, scorers, out_dir, sample_fps=args.sample_fps, flow_model=args.flow_model,
+                               device=args.device, salt=salt, failures=inp.failures + source_failures,
+                               total=inp.count - before)
             run_stage(stage, store, engine)
         except (ManifestError, EngineError) as e:  # a folder holding another run's parts, no Ray cluster
             return _error(e)
-        out, failures = stage.merge(store)
+        scored, failures = stage.merge(store)
         write_provenance(out_dir, STAGE, config, source=manifest)
-    scored = set(out["clip_id"])
-    counts = {"now": len(scored - done_before), "before": len(scored & done_before),
-              "failed": rows - len(scored)}
-    print_summary(out, list(stage.columns), counts, failures, out_dir / "clips.parquet")
-    return 0 if len(out) or not rows else 1
+    counts = {"now": scored - before, "before": before, "failed": inp.rows - scored}
+    print_summary(score_stats(con, out_dir / "clips.parquet", list(stage.columns)), counts, failures,
+                  out_dir / "clips.parquet")
+    return 0 if scored or not inp.rows else 1
 
 
 if __name__ == "__main__":

@@ -1,27 +1,27 @@
 """`ScoreStage`: score-clips on the engine (`index.engine`): one unit per source video, one decode per unit.
 
-- units (driver): `clip_set_units`: per source, its clips the output folder has not scored yet, so scoring a
-  subset first and the whole manifest later redoes only the new clips;
+- units (driver): `index.query.clip_set_units`, streamed: per source, its clips the output folder has not scored
+  yet, so scoring a subset first and the whole manifest later redoes only the new clips;
 - load (each worker, once): the scorers' models, the flow estimator, the text detector;
 - process (a worker): `score_source`: one demux pass for packet sizes when `bpp` runs (no decode), then ONE
   sequential decode of the source at a 256-pixel short side serving every clip (`index.video.iter_many`): per
   clip its frames sampled at --sample-fps plus the frame after each (for flow); every scorer reads those
   arrays. A clip whose frames the decode never reaches (the file ends early) is that clip's failure;
-- merge (driver): the input rows plus the score columns (`join_columns`: no other column is touched) to
-  OUT_DIR/clips.parquet, and every failure (bad rows, missing or replaced sources, units, clips) to failed.jsonl.
+- merge (driver): the input rows plus the score columns (`index.query.join_parts`: no other column is touched),
+  streamed to OUT_DIR/clips.parquet, and every failure (bad rows, missing or replaced sources, units, clips) to failed.jsonl.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from index import query, storage
 from index.engine import Output, Stage, Unit
-from index.manifest import clip_set_units, join_columns, write_failed, write_manifest
+from index.manifest import write_failed, write_stream
 from index.video import iter_many, sample_indices
 
 from .base import ClipFrames, Scorer, decode_size
@@ -101,22 +101,29 @@ class Loaded:
 
 
 class ScoreStage(Stage):
+    """Units come from the streamed input (`index.query.clip_set_units`); `merge` writes the output from the
+    input and the parts, streamed. `con`: the driver's query connection, holding the input as `input`."""
+
     name = STAGE
     unit_name = "clips"
-    driver_only = ("df", "store", "failures", "out_dir")
+    driver_only = ("con", "store", "failures", "out_dir")
 
-    def __init__(self, df: pd.DataFrame, store, scorers: list[Scorer], out_dir, sample_fps: float = 2.0,
+    def __init__(self, con, store, scorers: list[Scorer], out_dir, sample_fps: float = 2.0,
                  flow_model: str | None = None, device: str | None = None, salt: str = "",
-                 failures: list[dict] | None = None):
-        self.df, self.store, self.out_dir = df, store, Path(out_dir)
+                 failures: list[dict] | None = None, total: int | None = None):
+        self.con, self.store, self.out_dir = con, store, storage.location(out_dir)
         self.scorers, self.sample_fps, self.salt = list(scorers), float(sample_fps), salt
         self.flow_model, self.device = flow_model, device
         self.failures = list(failures or [])  # bad rows and bad sources, found by the driver
         self.uses_gpu = any(s.uses_gpu for s in self.scorers) or flow_model not in (None, "", "dis")
         self.columns = columns_of(self.scorers)
+        self._total = total
 
-    def units(self) -> list[Unit]:
-        return clip_set_units(self.df, self.store, salt=self.salt)
+    def units(self):
+        return query.clip_set_units(self.con, self.store, salt=self.salt)
+
+    def total(self) -> int | None:
+        return self._total
 
     def load(self) -> Loaded:
         threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
@@ -133,16 +140,15 @@ class ScoreStage(Stage):
     def process(self, state: Loaded, unit: Unit) -> Output:
         return score_source(unit.path, unit.data, state.scorers, state.flow, self.sample_fps)
 
-    def merge(self, store) -> tuple[pd.DataFrame, list[dict]]:
-        """Write OUT_DIR/clips.parquet and failed.jsonl; returns (manifest, failures)."""
-        ids = set(self.df["clip_id"])
-        parts, _ = store.merge(ids=ids)
-        out = join_columns(self.df, parts, self.columns)
-        # failures of clips still without scores (a clip retried with success since is not reported)
-        _, fails = store.merge(ids=ids - set(out["clip_id"]))
-        # a clip retried in vain fails again under its new unit's key: the same record, listed once
+    def merge(self, store) -> tuple[int, list[dict]]:
+        """Write OUT_DIR/clips.parquet (the input rows plus the score columns, streamed) and failed.jsonl;
+        returns (rows written, failures)."""
+        rows = write_stream(query.batches(self.con, query.join_parts(self.con, store, self.columns)),
+                            self.out_dir / "clips.parquet")
+        # failures of clips still without scores (a clip retried with success since is not reported); a clip
+        # retried in vain fails again under its new unit's key: the same record, listed once
+        fails = query.stage_failures(self.con, store)
         failures = sorted({(r["path"], r["stage"], r["reason"]): r for r in self.failures + fails}.items())
         failures = [r for _, r in failures]
-        write_manifest(out, self.out_dir / "clips.parquet")
         write_failed(self.out_dir, failures)
-        return out, failures
+        return rows, failures

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from index import storage
 from index.engine import UsageError, add_engine_args, options_from_args
 from index.manifest import add_retry_arg, run_cli
 
@@ -16,8 +16,8 @@ from .detectors import DEFAULT_DETECTOR, DETECTORS
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="split-videos", description=__doc__.split(":", 1)[1].strip(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("raw_dir", help="folder of raw videos (walked recursively)")
-    p.add_argument("-o", "--out", required=True, help="output folder: clips.parquet, failed.jsonl, clips/")
+    p.add_argument("raw_dir", help="folder of raw videos, walked recursively (or a URL: s3://bucket/raw)")
+    p.add_argument("-o", "--out", required=True, help="output folder or URL: clips.parquet, failed.jsonl, clips/")
     p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=sorted(DETECTORS),
                    help="shot detector: transnetv2 finds fades and dissolves; the PySceneDetect ones are faster")
     p.add_argument("--detector-options", default="{}", metavar="JSON",
@@ -54,7 +54,7 @@ def _main(argv=None) -> int:
         if not isinstance(options, dict):
             raise UsageError(f"--detector-options must be a JSON object, got {args.detector_options!r}")
         summary: dict = {}
-        df, failures = split_videos(args.raw_dir, args.out, detector=args.detector, workers=args.workers,
+        manifest, failures = split_videos(args.raw_dir, args.out, detector=args.detector, workers=args.workers,
                                     min_sec=args.min_sec, max_sec=args.max_sec, trim_frames=args.trim_frames,
                                     cut=args.cut, detector_options=options, progress=not args.no_progress,
                                     summary=summary, engine=options_from_args(args, not args.no_progress),
@@ -67,7 +67,7 @@ def _main(argv=None) -> int:
         f"exact copies {summary['copies']}) | "
         f"clips {summary['clips']} | hours {summary['hours']:.3f} | failures {summary['failures']}",
         markup=False)
-    out = Path(args.out)
+    out = storage.location(args.out)
     console.print(f"manifest: {out / 'clips.parquet'}   failures: {out / 'failed.jsonl'}"
                   + (f"   copies: {out / 'copies.jsonl'}" if summary["copies"] else ""), markup=False)
     for f in failures[:10]:

@@ -15,15 +15,17 @@ if that content comes back, under whichever name it then has).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
+from index import query, storage
 from index.engine import BadInput, EngineOptions, Output, Stage, Unit, UsageError, run_stage
-from index.files import HashCache, OutputLock, atomic_write_text, command_line
-from index.manifest import PartStore, display_path, failure, write_failed, write_manifest, write_provenance
+from index.files import HashCache, OutputLock, command_line
+from index.manifest import (PartStore, display_path, failure, write_failed, write_manifest, write_provenance,
+                            write_stream)
+from index.parts import UNIT
 from index.record import CORE_COLUMNS
 from index.video import clip_rate, cut_clips
 
@@ -37,17 +39,16 @@ CLIPS_NAME = "clips.parquet"
 COPIES_NAME = "copies.jsonl"
 
 
-def find_videos(raw_dir, exclude=None) -> list[tuple[Path, str]]:
-    """(absolute path, relative path) of every video file under raw_dir, sorted, hidden entries skipped."""
-    raw = Path(raw_dir).absolute()
-    skip = Path(exclude).absolute() if exclude else None
+def find_videos(raw_dir, exclude=None) -> list[tuple]:
+    """(path, relative path, listing info) of every video file under raw_dir (a folder or a URL), sorted, hidden
+    entries and the folder `exclude` skipped."""
+    raw = storage.location(raw_dir)
+    raw = raw if storage.is_remote(raw) else raw.absolute()
     out = []
-    for root, dirs, files in os.walk(raw):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (skip is None or Path(root, d) != skip))
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTS:
-                p = Path(root, name)
-                out.append((p, p.relative_to(raw).as_posix()))
+    for p, info in storage.walk_files(raw, skip=exclude):
+        if p.suffix.lower() in VIDEO_EXTS:
+            rel = p.relative_to(raw).as_posix() if not storage.is_remote(p) else str(p)[len(str(raw)):].lstrip("/")
+            out.append((p, rel, info))
     return out
 
 
@@ -64,9 +65,9 @@ class Sources:
     files: int = 0
 
 
-def list_sources(raw: Path, out: Path, hashes: HashCache) -> Sources:
+def list_sources(raw, out, hashes: HashCache) -> Sources:
     src = Sources()
-    for path, rel in find_videos(raw, exclude=out):
+    for path, rel, info in find_videos(raw, exclude=out):
         src.files += 1
         try:
             str(path).encode("utf-8")
@@ -74,7 +75,7 @@ def list_sources(raw: Path, out: Path, hashes: HashCache) -> Sources:
             src.failures.append(failure(path, STAGE, "file name is not valid UTF-8; rename the file"))
             continue
         try:
-            sha = hashes.sha256(path)
+            sha = hashes.sha256(path, info)  # on a store, the listing's entry says whether it changed
         except BadInput as e:
             src.failures.append(failure(path, STAGE, str(e)))
             continue
@@ -114,41 +115,56 @@ class SplitStage(Stage):
             raise BadInput(explain_no_clips(shots, decoded, self.policy))
         rows = [c.to_dict() for c in clips]
         if self.clips_dir is not None:
-            dsts = [Path(self.clips_dir, f"{c.clip_id}.mp4") for c in clips]
-            Path(self.clips_dir).mkdir(parents=True, exist_ok=True)
+            folder = storage.location(self.clips_dir)
+            dsts = [folder / f"{c.clip_id}.mp4" for c in clips]
+            storage.makedirs(folder)
             cut_clips(path, [(c.start_frame, c.end_frame) for c in clips], dsts,
                       fps=[clip_rate(c.num_frames, c.start_sec, c.end_sec, decoded.fps) for c in clips])
             for row, dst in zip(rows, dsts):
                 row["clip_path"] = str(dst)
         return Output(pd.DataFrame(rows))
 
-    def merge(self, store: PartStore) -> tuple[pd.DataFrame, list[dict]]:
-        """The clips of RAW_DIR's current contents, each under the path it has now."""
-        keys = {unit_key(sha): path for sha, path in self.sources.first.items()}
-        df, fails = store.merge(keys=set(keys))
-        if len(df):
-            df["video_path"] = [self.sources.first[sha] for sha in df["video_sha256"]]
-            df = df.sort_values(["video_path", "start_frame"], kind="stable").reset_index(drop=True)
-        else:
-            df = pd.DataFrame(columns=list(CORE_COLUMNS))
-        fails = sorted(fails + self.sources.failures, key=lambda r: (r["path"], r["reason"]))
-        return df, fails
+    def merge(self, store: PartStore, out) -> dict:
+        """Write OUT/clips.parquet: the clips of RAW_DIR's current contents, each under the path it has now, sorted
+        by path and frame (streamed), and failed.jsonl; returns the counts (clips, hours, failures)."""
+        keys = {unit_key(sha): sha for sha in self.sources.first}
+        with query.connect() as con:
+            query.arrow(con, "_now", pa.table({"sha": list(self.sources.first),
+                                               "path": list(self.sources.first.values())}))
+            sql = query.part_rows(con, store, keys=set(keys))
+            if sql is None or "clip_id" not in query.names_of(con, sql):  # no batch holds a clip
+                write_manifest(pd.DataFrame(columns=list(CORE_COLUMNS)), out / CLIPS_NAME)
+                clips, hours = 0, 0.0
+            else:
+                names = [c for c in query.names_of(con, sql) if c != UNIT]
+                cols = ", ".join("n.path AS video_path" if c == "video_path" else f"p.{query.ident(c)}" for c in names)
+                ordered = (f"SELECT {cols} FROM ({sql}) p JOIN _now n ON p.video_sha256 = n.sha "
+                           "ORDER BY n.path, p.start_frame, p.clip_id")
+                clips = write_stream(query.batches(con, ordered), out / CLIPS_NAME)
+                hours = query.hours(con, out / CLIPS_NAME)
+        fails = sorted(store.failure_records(keys=set(keys)) + self.sources.failures,
+                       key=lambda r: (r["path"], r["reason"]))
+        write_failed(out, fails)
+        return {"clips": clips, "hours": hours, "failures": fails}
 
 
 def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: int = 1,
                  min_sec: float = 2.0, max_sec: float = 20.0, trim_frames: int = 1, cut: bool = False,
                  detector_options: dict | None = None, progress: bool = True,
                  summary: dict | None = None, engine: EngineOptions | None = None,
-                 retry_failed: bool = False, rehash: bool = False) -> tuple[pd.DataFrame, list[dict]]:
-    """Split every video under raw_dir; returns the merged manifest and the failure records.
+                 retry_failed: bool = False, rehash: bool = False) -> tuple:
+    """Split every video under raw_dir (a folder or a URL) into OUT_DIR/clips.parquet; returns the manifest's
+    location and the failure records.
 
     Re-running on the same folders finishes missing videos only (and failed ones with `retry_failed`; every
     file hashed again with `rehash`). `summary`, when given, is filled with counts (videos, processed, skipped,
     copies, clips, hours, failures, hashed: files read in full). `engine`: `index.engine.EngineOptions`
     (workers, local or Ray); `workers` is a shorthand for a local engine with that many processes.
     """
-    raw = Path(raw_dir)
-    if not raw.is_dir():
+    raw, out = storage.location(raw_dir), storage.location(out_dir)
+    storage.check_store(raw, "input")
+    storage.check_store(out, "output")
+    if not storage.is_dir(raw):
         raise UsageError(f"{raw_dir}: not a directory")
     options = dict(detector_options or {})
     try:
@@ -157,24 +173,20 @@ def split_videos(raw_dir, out_dir, detector: str = DEFAULT_DETECTOR, workers: in
     except ValueError as e:
         raise UsageError(str(e)) from None
     engine = engine or EngineOptions(workers=max(1, int(workers)), progress=progress)
-    out = Path(out_dir)
     config = {"detector": detector, "detector_options": options, **policy.to_dict(), "cut": bool(cut)}
     with OutputLock(out, command_line(), "split-videos"):
         store = PartStore(out, STAGE, config=config, retry_failed=retry_failed)
         with HashCache(out, rehash=rehash) as hashes:
             sources = list_sources(raw, out, hashes)
-        clips_dir = str((out / "clips").absolute()) if cut else None
+        clips_dir = (str(out / "clips") if storage.is_remote(out) else str((out / "clips").absolute())) if cut else None
         stage = SplitStage(sources, detector, options, policy, clips_dir)
         report = run_stage(stage, store, engine)
-        df, failures = stage.merge(store)
-        write_manifest(df, out / CLIPS_NAME)
-        write_failed(out, failures)
-        write_provenance(out, STAGE, {**config, "raw_dir": str(raw.resolve())})
-        atomic_write_text(out / COPIES_NAME, "".join(json.dumps({**c, "path": display_path(c["path"])},
-                                                                ensure_ascii=False) + "\n" for c in sources.copies))
+        counts = stage.merge(store, out)
+        write_provenance(out, STAGE, {**config, "raw_dir": str(raw) if storage.is_remote(raw) else str(raw.resolve())})
+        storage.write_text(out / COPIES_NAME, "".join(json.dumps({**c, "path": display_path(c["path"])},
+                                                                 ensure_ascii=False) + "\n" for c in sources.copies))
     if summary is not None:
-        hours = float((df["end_sec"] - df["start_sec"]).sum()) / 3600 if len(df) else 0.0
         summary.update(videos=sources.files, processed=report.done, skipped=report.skipped,
-                       copies=len(sources.copies), clips=len(df), hours=hours, failures=len(failures),
-                       hashed=hashes.hashed)
-    return df, failures
+                       copies=len(sources.copies), clips=counts["clips"], hours=counts["hours"],
+                       failures=len(counts["failures"]), hashed=hashes.hashed)
+    return out / CLIPS_NAME, counts["failures"]

@@ -41,3 +41,35 @@ def sample_videos(tmp_path_factory) -> tuple[Path, dict]:
     d = tmp_path_factory.mktemp("raw")
     truths = synth.make_sample_videos(d, count=2, seconds=8.0, size=(160, 96))
     return d, truths
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One S3-API server for the session (moto's, on 127.0.0.1), its requests counted."""
+    pytest.importorskip("moto")
+    from s3 import CountingServer
+
+    server = CountingServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, request):
+    """A fresh bucket on the test S3 server, and the environment pointing this process (and the commands it starts)
+    at it: yields `s3://BUCKET`."""
+    import re
+
+    import fsspec
+
+    from s3 import environment
+
+    for k, v in environment(s3_server.url).items():
+        monkeypatch.setenv(k, v)
+    fsspec.config.conf.pop("s3", None)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + "-" + os.urandom(3).hex()
+    fs.mkdir(bucket)
+    fsspec.filesystem("s3").invalidate_cache()
+    yield f"s3://{bucket}"

@@ -129,13 +129,13 @@ def test_split_records_fifos_and_undecodable_names_and_goes_on(sample_videos, tm
     shutil.copy(good, bad_name)
     os.utime(bad_name, (1, 1))
     summary: dict = {}
-    df, failures = split_videos(raw, tmp_path / "out", detector="content", progress=False, summary=summary)
+    df = read_manifest(split_videos(raw, tmp_path / "out", detector="content", progress=False, summary=summary)[0])
     assert set(df["video_path"]) == {str(raw / "good.mp4")} and summary["videos"] == 3
     reasons = {f["path"].rsplit("/", 1)[-1]: f["reason"] for f in read_failed(tmp_path / "out")}
     assert reasons == {"pipe.mp4": "not a regular file (a pipe, device or folder)",
                        "caf\\xe9 latin-1.mp4": "file name is not valid UTF-8; rename the file"}
     summary.clear()
-    again, _ = split_videos(raw, tmp_path / "out", detector="content", progress=False, summary=summary)
+    again = read_manifest(split_videos(raw, tmp_path / "out", detector="content", progress=False, summary=summary)[0])
     assert summary["hashed"] == 0 and again.equals(df)  # a re-run reads no file: their hashes are cached
 
 
@@ -143,7 +143,7 @@ def test_index_clips_does_not_hang_on_a_row_pointing_at_a_device(sample_videos, 
     from index.dedup.cli import build_index
     from splitter.pipeline import split_videos
 
-    df, _ = split_videos(sample_videos[0], tmp_path / "split", detector="content", progress=False)
+    df = read_manifest(split_videos(sample_videos[0], tmp_path / "split", detector="content", progress=False)[0])
     bad = df.iloc[:1].assign(video_path="/dev/zero", clip_id="device-clip")
     write_manifest(pd.concat([df, bad], ignore_index=True), tmp_path / "m.parquet")
     meta = build_index(tmp_path / "m.parquet", tmp_path / "idx")

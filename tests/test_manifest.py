@@ -76,7 +76,8 @@ def test_parts_merge_sorted_and_resume_after_partial_run(tmp_path):
     b = pd.DataFrame([c.to_dict() for c in _clips(2, sha="bb" * 32, path="raw/b.mp4")])
     a = pd.DataFrame([c.to_dict() for c in _clips(2, sha="aa" * 32, path="raw/a.mp4")])
     store.write("bb", b)
-    assert store.done("bb") and not store.done("aa")
+    assert store.done("bb") and not store.done("aa")  # buffered: done for this store already
+    store.close()  # the batch is committed
     # a second run (new store object) sees the finished part and adds the rest
     store2 = PartStore(tmp_path, "split", config={"min_sec": 2})
     store2.write("aa", a)
@@ -90,7 +91,8 @@ def test_parts_merge_sorted_and_resume_after_partial_run(tmp_path):
 
 
 def test_a_failed_unit_is_done_unless_retried(tmp_path):
-    PartStore(tmp_path, "split").fail("cc", "raw/c.mp4", "worker process died")
+    with PartStore(tmp_path, "split") as store:
+        store.fail("cc", "raw/c.mp4", "worker process died")
     assert PartStore(tmp_path, "split").done("cc")
     retry = PartStore(tmp_path, "split", retry_failed=True)
     assert not retry.done("cc")

@@ -104,10 +104,10 @@ def test_retry_failed_tries_the_failures_again_and_lists_each_once(corpus, refer
     out = tmp_path / "retry"
     shutil.copytree(reference, out)
     parts = out / ".parts" / "score"
-    failed_before = sorted(p.name for p in parts.glob("*.failed.json"))
+    batches_before = sorted(p.name for p in parts.glob("*.parquet"))
     assert score(corpus / "clips.parquet", out, "--retry-failed") == 0
     assert read_failed(out) == read_failed(reference)
-    assert len(sorted(p.name for p in parts.glob("*.failed.json"))) > len(failed_before)  # they were tried again
+    assert len(list(parts.glob("*.parquet"))) > len(batches_before)  # they were tried again: a new batch
     pd.testing.assert_frame_equal(read_manifest(out / "clips.parquet"), read_manifest(reference / "clips.parquet"))
 
 
@@ -149,7 +149,8 @@ def test_ray_writes_the_same_files(corpus, reference, tmp_path):
 def test_kill_then_rerun_gives_the_uninterrupted_result(corpus, reference, tmp_path):
     out = tmp_path / "killed"
     cmd = _cli(str(corpus / "clips.parquet"), "-o", str(out), "--quiet", "--scorers", SCORERS)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**_env(), "SHOTCAP_FLUSH_SECONDS": "0"}  # a batch per finished unit, so the kill lands between them
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = out / ".parts" / "score"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -64,7 +64,8 @@ def test_cut_writes_frame_accurate_clips(sample_videos, tmp_path):
     one = tmp_path / "raw"
     one.mkdir()
     shutil.copy(raw / "sample_00.mp4", one / "sample_00.mp4")
-    df, failures = split_videos(one, tmp_path / "out", detector="adaptive", cut=True, progress=False)
+    manifest, failures = split_videos(one, tmp_path / "out", detector="adaptive", cut=True, progress=False)
+    df = read_manifest(manifest)
     assert failures == [] and len(df) > 0 and df["clip_path"].notna().all()
     for _, row in df.iterrows():
         frames = np.stack([f.image for f in iter_frames(row.clip_path)])
@@ -126,9 +127,13 @@ def test_retry_failed_redoes_a_video_that_failed_for_a_passing_reason(sample_vid
     args = [str(raw), "-o", str(out), "--no-progress", "--detector", "content"]
     assert main(args) == 0
     first = read_manifest(out / "clips.parquet")
-    part = next((out / ".parts" / STAGE).glob("*.parquet"))  # as if its worker had been killed by the OOM killer
-    part.unlink()
-    PartStore(out, STAGE).fail(part.name.split(".")[0], str(raw / "a.mp4"), "worker process died")
+    from index.files import file_sha256
+    from splitter.pipeline import unit_key
+
+    for part in (out / ".parts" / STAGE).glob("*.parquet"):  # as if its worker had been killed by the OOM killer
+        part.unlink()
+    with PartStore(out, STAGE) as store:
+        store.fail(unit_key(file_sha256(raw / "a.mp4")), str(raw / "a.mp4"), "worker process died")
     assert main(args) == 1  # skipped: a re-run does not try failures again by itself
     assert [f["reason"] for f in read_failed(out)] == ["worker process died"]
     assert main([*args, "--retry-failed"]) == 0
@@ -143,8 +148,9 @@ def test_cut_clips_of_a_vfr_file_last_as_long_as_their_range(tmp_path):
     raw.mkdir()
     hostile.make_corpus(tmp_path / "corpus")
     shutil.copy(tmp_path / "corpus" / "vfr.mkv", raw / "vfr.mkv")  # 25 fps, then 10 fps
-    df, failures = split_videos(raw, tmp_path / "out", detector="content", cut=True, progress=False,
-                                min_sec=0.5, max_sec=1.5, trim_frames=0)
+    manifest, failures = split_videos(raw, tmp_path / "out", detector="content", cut=True, progress=False,
+                                      min_sec=0.5, max_sec=1.5, trim_frames=0)
+    df = read_manifest(manifest)
     assert failures == [] and len(df) > 2
     for row in df.itertuples():
         info = probe(row.clip_path)

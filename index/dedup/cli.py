@@ -16,20 +16,22 @@ import argparse
 import hashlib
 import json
 import sys
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from . import faiss_index
 from . import groups as dd
 from .embed import TextEmbedder, frame_hash, make_visual_embedder
+from .. import query, storage
 from ..engine import (BadInput, EngineOptions, Output, Stage, Unit, UsageError, add_engine_args, options_from_args,
                       run_stage)
-from ..files import HashCache, OutputLock, atomic_write_bytes, atomic_write_text, command_line, file_sha256
-from ..files import remove_own_temps
-from ..manifest import (ManifestError, PartStore, add_retry_arg, check_sources, clip_set_units, load_manifest,
-                        read_manifest, run_cli, write_failed, write_manifest, write_provenance)
+from ..files import HashCache, OutputLock, command_line, file_sha256, remove_own_temps
+from ..manifest import (ManifestError, PartStore, add_retry_arg, manifest_files, manifest_folder, read_manifest,
+                        run_cli, write_failed, write_manifest, write_provenance)
+from ..parts import _source
 from ..video import iter_frames, sample_indices
 
 STAGE = "embed"
@@ -37,11 +39,13 @@ STAGE = "embed"
 
 # ---------------------------------------------------------------- index-clips
 
-def _batch(index_dir: Path, manifest_path: Path) -> tuple[int, list]:
+def _batch(index_dir, manifest_path) -> tuple[int, list]:
     """The batch number of this manifest: its earlier number on a re-run, else the next one."""
     meta_path = index_dir / "index.json"
-    batches = json.loads(meta_path.read_text()).get("batches", []) if meta_path.exists() else []
-    digest = file_sha256(manifest_path)[:16]
+    batches = json.loads(storage.read_text(meta_path)).get("batches", []) if storage.exists(meta_path) else []
+    files = [manifest_path] if storage.is_file(manifest_path) else manifest_files(manifest_path)
+    digest = file_sha256(files[0])[:16] if len(files) == 1 else hashlib.sha256(
+        "".join(file_sha256(f) for f in files).encode()).hexdigest()[:16]
     for b in batches:
         if b["sha256"] == digest:
             return b["batch"], batches
@@ -69,19 +73,19 @@ class EmbedStage(Stage):
     """index-clips' units: one source's clips of this manifest that the index does not hold yet (a unit's key
     covers its clip set: a larger manifest later embeds only the new clips); `process` decodes the source once
     and embeds its clips. The driver loads its own embedders only when it needs them (captions to re-embed, the
-    units run here); workers load theirs once."""
+    units run here); workers load theirs once. `con` holds the manifest as `input` (`index.query.Input`)."""
 
     name = STAGE
     unit_name = "clips"
     uses_gpu = True
-    driver_only = ("df", "store", "_models")
+    driver_only = ("con", "store", "_models")
 
-    def __init__(self, df: pd.DataFrame, store: PartStore, batch: int, image_model, text_model, num_frames: int,
+    def __init__(self, con, store: PartStore, batch: int, image_model, text_model, num_frames: int,
                  trust_remote_code: bool):
-        self.df, self.store, self.batch = df, store, batch
+        self.con, self.store, self.batch = con, store, batch
         self.spec = (image_model, text_model, num_frames, trust_remote_code)
         self._models = None
-        self.refreshed = 0  # parts rewritten because their clips' captions changed
+        self.refreshed = 0  # batches rewritten because their clips' captions changed
 
     def models(self) -> tuple:
         if getattr(self, "_models", None) is None:  # a worker gets the stage without the driver's models
@@ -90,9 +94,9 @@ class EmbedStage(Stage):
                             TextEmbedder(text_model))
         return self._models
 
-    def units(self) -> list[Unit]:
+    def units(self):
         self._refresh_captions()
-        return clip_set_units(self.df, self.store)
+        return query.clip_set_units(self.con, self.store)
 
     def load(self):
         return self.models()
@@ -123,27 +127,33 @@ class EmbedStage(Stage):
         return df.drop_duplicates("clip_id", keep="first").reset_index(drop=True), fails  # the earliest batch
 
     def _refresh_captions(self) -> None:
-        """Parts whose clips have other captions in this manifest (captioned after indexing): the later stages'
-        columns come from this manifest and the text vectors are embedded again."""
-        if "caption" not in self.df or not len(self.df):
+        """Batches whose clips have other captions in this manifest (captioned after indexing): the later stages'
+        columns come from this manifest and the text vectors are embedded again (the batch is rewritten whole,
+        atomically, under its own name)."""
+        con = self.con
+        if "caption" not in query.names_of(con, "SELECT * FROM input"):
             return
-        new = self.df.set_index("clip_id")
-        for path in sorted(self.store.dir.glob("*.parquet")):
-            part = pd.read_parquet(path)
+        for path in self.store.files():
+            src = query.files_sql(con, [path])
+            changed = query.scalar(con, f"SELECT count(*) FROM {src} p JOIN input i USING (clip_id) WHERE "
+                                        "coalesce(CAST(p.caption AS VARCHAR), '') <> coalesce(i.caption, '')"
+                                   if "caption" in query.names_of(con, f"SELECT * FROM {src}") else
+                                   f"SELECT count(*) FROM {src} p JOIN input i USING (clip_id) "
+                                   "WHERE coalesce(i.caption, '') <> ''")
+            if not changed:
+                continue
+            part = pq.read_table(_source(path)).to_pandas()
+            new = con.execute(f"SELECT * EXCLUDE (_row) FROM input WHERE clip_id IN "
+                              f"(SELECT clip_id FROM {src})").df().set_index("clip_id")
             here = part["clip_id"].isin(new.index).to_numpy()
-            if not here.any():
-                continue
             ids = part.loc[here, "clip_id"]
-            old = part["caption"][here] if "caption" in part else pd.Series([None] * int(here.sum()))
-            if _texts(old) == _texts(new.loc[ids, "caption"]):
-                continue
             for col in new.columns:
                 if col not in ("video_path", "video_sha256"):
                     values = part[col].astype(object) if col in part else pd.Series([None] * len(part), dtype=object)
                     values[here] = new.loc[ids, col].to_numpy()
                     part[col] = values
             part["x_text"] = list(self.models()[1].embed(part["caption"].tolist()))
-            self.store.write(path.name.split(".")[0], part)
+            self.store.rewrite(path.name, part)
             self.refreshed += 1
 
 
@@ -157,42 +167,45 @@ def build_index(manifest_path, index_dir, image_model=None, text_model=None, num
                 retry_failed: bool = False, rehash: bool = False) -> dict:
     """index-clips as a function: embed, update the FAISS indexes, dedup everything indexed. Returns index.json.
     A re-run with nothing new (same parts, failures and options) leaves the index as it is and loads no model."""
-    manifest_path, index_dir = Path(manifest_path), Path(index_dir)
+    manifest_path, index_dir = storage.location(manifest_path), storage.location(index_dir)
+    storage.check_store(manifest_path, "input")
+    storage.check_store(index_dir, "output")
     if not 0 < threshold <= 1:  # (and not NaN)
         raise UsageError(f"--threshold is a cosine similarity: a number above 0 and at most 1, got {threshold}")
     if num_frames < 1:
         raise UsageError(f"--frames must be at least 1, got {num_frames}")
-    df, row_failures = load_manifest(manifest_path, STAGE)
-    with OutputLock(index_dir, command_line(), "index-clips"):
-        remove_own_temps(index_dir)  # an interrupted atomic write of ours leaves nothing behind
-        batch, batches = _batch(index_dir, manifest_path)
-        with HashCache(index_dir, also=[manifest_path.parent], rehash=rehash) as hashes:
-            df, source_failures = check_sources(df, hashes, STAGE)
-        config = {"visual": {"model": image_model or "signature", "num_frames": int(num_frames)},
-                  "text": {"model": text_model or "bundled"}}
-        store = PartStore(index_dir, STAGE, config=config, retry_failed=retry_failed)
-        stage = EmbedStage(df, store, batch, image_model, text_model, num_frames, trust_remote_code)
-        run_stage(stage, store, engine)
-        failures = row_failures + source_failures
-        state = _state(store, failures, batches, threshold, method, index_kind)
-        meta_path = index_dir / "index.json"
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("state") == state and (index_dir / "clips.parquet").exists():
-                return meta  # nothing changed since the index was written
-        visual, text = stage.models()
-        meta = _finish_index(stage, manifest_path, index_dir, visual, text, batches, threshold, method, index_kind,
-                             failures)
-        atomic_write_text(meta_path, json.dumps({**meta, "state": state}, indent=2, default=str))
-        write_provenance(index_dir, STAGE, {**config, "threshold": threshold, "method": method}, source=manifest_path)
-        return meta
+    with query.connect() as con:
+        inp = query.Input(con, manifest_path, STAGE)
+        with OutputLock(index_dir, command_line(), "index-clips"):
+            remove_own_temps(index_dir)  # an interrupted atomic write of ours leaves nothing behind
+            batch, batches = _batch(index_dir, manifest_path)
+            with HashCache(index_dir, also=[manifest_folder(manifest_path)], rehash=rehash) as hashes:
+                source_failures = query.check_sources(inp, hashes, STAGE)
+            config = {"visual": {"model": image_model or "signature", "num_frames": int(num_frames)},
+                      "text": {"model": text_model or "bundled"}}
+            store = PartStore(index_dir, STAGE, config=config, retry_failed=retry_failed)
+            stage = EmbedStage(con, store, batch, image_model, text_model, num_frames, trust_remote_code)
+            run_stage(stage, store, engine)
+            failures = inp.failures + source_failures
+            state = _state(store, failures, batches, threshold, method, index_kind)
+            meta_path = index_dir / "index.json"
+            if storage.exists(meta_path):
+                meta = json.loads(storage.read_text(meta_path))
+                if meta.get("state") == state and storage.exists(index_dir / "clips.parquet"):
+                    return meta  # nothing changed since the index was written
+            visual, text = stage.models()
+            meta = _finish_index(stage, manifest_path, index_dir, visual, text, batches, threshold, method,
+                                 index_kind, failures)
+            storage.write_text(meta_path, json.dumps({**meta, "state": state}, indent=2, default=str))
+            write_provenance(index_dir, STAGE, {**config, "threshold": threshold, "method": method},
+                             source=manifest_path)
+            return meta
 
 
 def _state(store: PartStore, failures: list, batches: list, *params) -> str:
-    """A digest of what the index is made from: the parts and failure records on disk (names, sizes, times), the
-    input's failures, the manifests added and the dedup and index parameters."""
-    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in store.dir.iterdir())
-    text = json.dumps([files, failures, batches, params], sort_keys=True, default=str)
+    """A digest of what the index is made from: the batches on disk (names, sizes, times), the input's failures,
+    the manifests added and the dedup and index parameters."""
+    text = json.dumps([store.state(listed=True), failures, batches, params], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -217,7 +230,7 @@ def _finish_index(stage, manifest_path, index_dir, visual, text, batches, thresh
     rows["dup_group"], rows["keep"] = group, keep
     write_manifest(rows, index_dir / "clips.parquet")
     pairs = pd.DataFrame({"clip_id_a": np.asarray(ids)[i], "clip_id_b": np.asarray(ids)[j], "similarity": s})
-    atomic_write_bytes(index_dir / "pairs.parquet", pairs.to_parquet(index=False))
+    storage.write_bytes(index_dir / "pairs.parquet", pairs.to_parquet(index=False))
     nn = dd.nearest_neighbour_similarity(vis)
     _save_histogram(index_dir, nn, params.threshold)
 
@@ -232,26 +245,26 @@ def _finish_index(stage, manifest_path, index_dir, visual, text, batches, thresh
                   "cross_batch_groups": int((batch_of.drop(-1, errors="ignore") > 1).sum())},
         "failed": len(failures),
     }
-    atomic_write_text(index_dir / "index.json", json.dumps(meta, indent=2, default=str))
+    storage.write_text(index_dir / "index.json", json.dumps(meta, indent=2, default=str))
     return meta
 
 
-def _save_npy(path: Path, x: np.ndarray) -> None:
+def _save_npy(path, x: np.ndarray) -> None:
     import io
     buf = io.BytesIO()
     np.save(buf, x)
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes(path, buf.getvalue())
 
 
-def _save_histogram(index_dir: Path, nn: np.ndarray, threshold: float) -> None:
+def _save_histogram(index_dir, nn: np.ndarray, threshold: float) -> None:
     import io
     bins = np.linspace(-1, 1, 81)
     counts, _ = np.histogram(nn, bins=bins)
     buf = io.BytesIO()
     np.savez(buf, nearest=nn, bins=bins, counts=counts, threshold=threshold)
-    atomic_write_bytes(index_dir / "similarity.npz", buf.getvalue())
+    storage.write_bytes(index_dir / "similarity.npz", buf.getvalue())
     from ..shards.card import similarity_plot
-    atomic_write_bytes(index_dir / "similarity_hist.png", similarity_plot(nn, threshold))
+    storage.write_bytes(index_dir / "similarity_hist.png", similarity_plot(nn, threshold))
 
 
 def index_main(argv=None) -> int:
@@ -287,7 +300,7 @@ def _index_main(argv=None) -> int:
     except UsageError as e:
         return _error(e, "index-clips")
     d = meta["dedup"]
-    print(f"indexed {meta['clips']} clips ({len(meta['batches'])} manifests) in {Path(args.out)}: "
+    print(f"indexed {meta['clips']} clips ({len(meta['batches'])} manifests) in {storage.location(args.out)}: "
           f"{d['groups']} duplicate groups, {d['dropped']} clips marked keep=False "
           f"({d['cross_batch_groups']} groups across manifests), threshold {d['threshold']}, "
           f"{meta['failed']} failures (failed.jsonl)", file=sys.stderr)
@@ -304,8 +317,8 @@ def _error(e: BaseException, prog: str) -> int:
 
 def search(index_dir, text: str | None = None, like: str | None = None, k: int = 10,
            text_model: str | None = None) -> pd.DataFrame:
-    index_dir = Path(index_dir)
-    clips = read_manifest(index_dir / "clips.parquet") if (index_dir / "clips.parquet").exists() else None
+    index_dir = storage.location(index_dir)
+    clips = read_manifest(index_dir / "clips.parquet") if storage.exists(index_dir / "clips.parquet") else None
     if clips is None:
         raise UsageError(f"{index_dir}: not an index folder; run index-clips first")
     if k < 1:
@@ -314,7 +327,7 @@ def search(index_dir, text: str | None = None, like: str | None = None, k: int =
         raise UsageError("--text is empty: give the words to look for")
     if text is not None:
         vi = faiss_index.VectorIndex.load(index_dir, "text")
-        meta = json.loads((index_dir / "index.json").read_text())
+        meta = json.loads(storage.read_text(index_dir / "index.json"))
         model = text_model or (None if "bundled" in meta["text"]["name"] else meta["text"]["name"])
         hits = vi.search(TextEmbedder(model).embed([text]), k)[0]
     else:
@@ -352,7 +365,7 @@ def _search_main(argv=None) -> int:
     table.add_column("clip_id", no_wrap=True, min_width=20)  # whole, to paste into --like
     for r in hits.itertuples():
         cap = str(getattr(r, "caption", "") or "")
-        table.add_row(f"{r.score:.3f}", Path(str(r.video_path)).name, f"{r.start_sec:.2f}-{r.end_sec:.2f}s",
+        table.add_row(f"{r.score:.3f}", PurePosixPath(str(r.video_path)).name, f"{r.start_sec:.2f}-{r.end_sec:.2f}s",
                       cap[:80] + ("..." if len(cap) > 80 else ""), r.clip_id)
     console.print(table)
     return 0
