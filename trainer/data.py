@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from index import storage
 from index.engine import BadInput
 from index.video import read_frames
 
@@ -149,8 +150,10 @@ class ManifestDataset(ClipDataset):
     def __init__(self, path, frame_interval: int = 1, seed: int = 0, cache: bool = False):
         from index.manifest import read_manifest
 
+        from index.manifest import manifest_folder
+
         super().__init__(read_manifest(path), frame_interval, seed, cache)
-        self.base = Path(path).parent
+        self.base = manifest_folder(path)
 
     def _source(self, row):
         clip_path = row.get("clip_path")
@@ -159,8 +162,11 @@ class ManifestDataset(ClipDataset):
         return self._resolve(row["video_path"]), int(row["start_frame"])
 
     def _resolve(self, p: str) -> str:
-        path = Path(p)
-        return str(path if path.is_absolute() or path.exists() else self.base / path)
+        """A path the manifest holds: a URL or an absolute path as it is, a relative one under the manifest's
+        folder (unless it names a file from here)."""
+        if storage.is_remote(p) or Path(p).is_absolute() or (not storage.is_remote(self.base) and Path(p).exists()):
+            return p
+        return str(self.base / p)
 
 
 class ShardDataset(ClipDataset):
@@ -172,9 +178,9 @@ class ShardDataset(ClipDataset):
     """
 
     def __init__(self, shards_dir, frame_interval: int = 1, seed: int = 0, cache: bool = False):
-        self.dir = Path(shards_dir)
+        self.dir = storage.location(shards_dir)
         index = self.dir / "index.parquet"
-        rows = pd.read_parquet(index) if index.exists() else None
+        rows = _read_parquet(index) if storage.exists(index) else None
         if rows is not None and "key" not in rows.columns:  # the key is the clip id unless build-shards sanitised it
             rows = rows.assign(key=rows["clip_id"].astype(str))
         located = rows is not None and {"shard", "offset", "size"} <= set(rows.columns) \
@@ -187,13 +193,13 @@ class ShardDataset(ClipDataset):
 
     def _scan(self, rows: pd.DataFrame | None) -> pd.DataFrame:
         """Locate every `.mp4` member by reading the tar headers (shards without offsets in index.parquet)."""
-        tars = sorted(self.dir.glob("*.tar"))
+        tars = sorted(self.dir / n for n in storage.listing(self.dir) if n.endswith(".tar"))
         if not tars:
             raise ValueError(f"{self.dir}: no *.tar shards")
         members: dict[str, tuple[str, int, int]] = {}  # sample key -> (tar name, offset, size)
         metas = []
         for tar in tars:
-            with tarfile.open(tar) as tf:
+            with storage.open_read(tar) as f, tarfile.open(fileobj=f) as tf:
                 for m in tf.getmembers():
                     key, _, ext = m.name.rpartition(".")
                     if ext == "mp4":
@@ -212,9 +218,15 @@ class ShardDataset(ClipDataset):
     def _source(self, row):
         name, offset, size = str(row["shard"]), int(row["offset"]), int(row["size"])
         try:
-            with open(self.dir / name, "rb") as f:
-                f.seek(offset)
-                data = f.read(size)
+            if storage.is_remote(self.dir):  # one ranged GET: the sample's bytes, not the shard
+                fs, p = storage.fs_path(self.dir / name)
+                data = fs.cat_file(p, start=offset, end=offset + size)
+            else:
+                with open(self.dir / name, "rb") as f:
+                    f.seek(offset)
+                    data = f.read(size)
+        except FileNotFoundError:
+            raise BadInput(f"cannot read shard {name} (not found)") from None
         except OSError as err:
             raise BadInput(f"cannot read shard {name} ({err.strerror or err})") from None
         if len(data) != size:
@@ -251,12 +263,12 @@ class FeatureDataset(TrainingDataset):
 
     def __init__(self, path):
         super().__init__()
-        self.dir = Path(path)
-        if not (self.dir / FEATURES_META).is_file():
+        self.dir = storage.location(path)
+        if not storage.is_file(self.dir / FEATURES_META):
             raise ValueError(f"{self.dir}: incomplete features folder (no {FEATURES_META}): run the same "
                              f"`python -m trainer.extract` command again to finish it")
-        self.meta = json.loads((self.dir / FEATURES_META).read_text())
-        rows = pd.read_parquet(self.dir / "index.parquet")
+        self.meta = json.loads(storage.read_text(self.dir / FEATURES_META))
+        rows = _read_parquet(self.dir / "index.parquet")
         if rows.empty:
             raise ValueError(f"{self.dir}: no clips in the features folder")
         self.clip_id, self.caption = rows["clip_id"].astype(str).tolist(), rows["caption"].astype(str).tolist()
@@ -275,7 +287,7 @@ class FeatureDataset(TrainingDataset):
     def __getitem__(self, item):
         i = int(item[0] if isinstance(item, tuple) else item)
         out = {"caption": self.caption[i], "clip_id": self.clip_id[i]}
-        with open(self.dir / self.shard[i], "rb") as f:
+        with storage.open_read(self.dir / self.shard[i]) as f:
             for t in FEATURE_TENSORS:
                 offset, dtype, shape = self.where[t][i]
                 dt = SAFETENSORS_DTYPES[dtype]
@@ -287,14 +299,22 @@ class FeatureDataset(TrainingDataset):
 
 
 def open_dataset(path, frame_interval: int = 1, seed: int = 0, cache: bool = False) -> TrainingDataset:
-    """A shards folder (with *.tar), a manifest file, or a features folder (trainer.extract)."""
-    p = Path(path)
-    if p.suffix == ".safetensors" and p.is_file():
+    """A shards folder (with *.tar), a manifest (a file or dataset folder), or a features folder (trainer.extract);
+    any of them may be a URL (s3://bucket/shards: see index.storage)."""
+    from index.manifest import manifest_folder
+
+    p = storage.location(path)
+    if p.suffix == ".safetensors" and storage.is_file(p):
         raise ValueError(f"{p}: a single-file features file of an older trainer.extract; extract again into a "
                          f"folder (python -m trainer.extract ... -o FEATURES_DIR)")
-    if p.is_dir() and ((p / FEATURES_META).is_file() or any(p.glob("features-*.safetensors"))):
+    folder = storage.is_dir(p)
+    names = storage.listing(p) if folder else {}
+    if names and (FEATURES_META in names or any(n.startswith("features-") and n.endswith(".safetensors")
+                                                for n in names)):
         return FeatureDataset(p)
-    if p.is_dir():
+    if names and manifest_folder(p) != p:  # a manifest written as a folder of Parquet files
+        return ManifestDataset(p, frame_interval, seed, cache)
+    if folder:
         from index.shards.build import read_state
 
         fmt = read_state(p).get("format", "webdataset")
@@ -302,9 +322,16 @@ def open_dataset(path, frame_interval: int = 1, seed: int = 0, cache: bool = Fal
             raise ValueError(f"{p} holds a {fmt} export, made for another trainer; this one reads webdataset shards "
                              f"(build-shards --format webdataset), a clips manifest, or trainer.extract features")
         return ShardDataset(p, frame_interval, seed, cache)
-    if p.is_file():
+    if storage.is_file(p):
         return ManifestDataset(p, frame_interval, seed, cache)
     raise ValueError(f"{p}: neither a shards folder nor a manifest file")
+
+
+def _read_parquet(loc) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    with storage.open_read(loc) as f:
+        return pq.read_table(f).to_pandas()
 
 
 def check_buckets(buckets, vae) -> None:

@@ -23,7 +23,10 @@ def preflight(cfg, args):
     tc, dc = cfg["train"], cfg["data"]
     if not dc["path"]:
         raise UsageError("no training data: pass --data SHARDS_DIR_OR_MANIFEST (or set data.path)")
-    if not Path(dc["path"]).exists():
+    from index import storage
+
+    storage.check_store(dc["path"], "--data")  # an unreachable bucket or a missing driver: one line
+    if not storage.exists(dc["path"]):
         raise UsageError(f"--data {dc['path']}: no such file or folder")
     out_dir = Path(tc["output_dir"])
     ancestor = next(a for a in [out_dir, *out_dir.absolute().parents] if a.exists())
