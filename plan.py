@@ -116,12 +116,19 @@ def num(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
+def span(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{num(seconds / size)} {unit}"
+    return f"{seconds:.3g} s"
+
+
 def summary(p: dict) -> str:
     r = p["run"]
     mem = p.get("memory", {}).get("ddp")
     fit = "" if not mem else f"; {human(mem['total'])}/GPU ({mem['fits'] or 'fits no listed GPU'})"
     return (f"{Path(p['config']).name}: {r['steps']:,} steps x {r['samples_per_step']} samples = {r['tokens']:.3g} "
-            f"tokens, {r['model_flops']:.3g} FLOPs; {num(r['gpu_hours'])} GPU-hours ({num(r['hours'])} h on "
+            f"tokens, {r['model_flops']:.3g} FLOPs; {num(r['gpu_hours'])} GPU-hours ({span(r['hours'] * 3600)} on "
             f"{r['gpus']} x {r['gpu']}) at {r['rate']}{fit}")
 
 
@@ -162,10 +169,10 @@ def show(result: dict) -> None:
         if "memory" in p:
             m, names = p["memory"], [s for s in ("ddp", "fsdp") if s in p["memory"]]
             labels = list(dict.fromkeys(k for s in names for k in m[s]["parts"]))
-            rows = [[k] + [human(m[s]['parts'].get(k, 0)) for s in names] for k in labels]
-            rows += [[f"activations, {k}"] + [human(m[s]['activations'][k]) for s in names]
+            rows = [[k] + [human(m[s]["parts"][k]) if k in m[s]["parts"] else "-" for s in names] for k in labels]
+            rows += [[f"activations, {k}"] + [human(m[s]["activations"][k]) for s in names]
                      for k in ("checkpointed", "full")]
-            rows += [["total (as configured)"] + [human(m[s]['total']) for s in names],
+            rows += [["total (as configured)"] + [human(m[s]["total"]) for s in names],
                      ["smallest GPU it fits"] + [m[s]["fits"] or "none listed" for s in names]]
             table(f"memory per GPU (bucket {'x'.join(map(str, m['bucket']))}, gradient checkpointing "
                   f"{'on' if m['checkpointing'] else 'off'})", ["", *[s.upper() for s in names]], rows)
