@@ -204,6 +204,12 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
     n_params = sum(p.numel() for p in inner.parameters())
     accelerator.print(f"STDiT {n_params / 1e6:.2f}M params, {len(dataset)} clips, "
                       f"{len(sampler)} batches/epoch/process, {world} process(es)")
+    from trainer.estimate import RunPlan
+
+    run_plan = RunPlan(cfg, vae, inner, world, dataset.shapes())  # what `plan` says of this run, also RUN/plan.json
+    accelerator.print(run_plan.line())
+    if accelerator.is_main_process:
+        run_plan.write(out_dir)
 
     # encoder outputs of recent captions (least recently used first out), within text.cache_mb: a T5-XXL
     # output is 1.9 MB, so caching every caption of a large dataset would fill the host's memory
@@ -279,6 +285,11 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
                 if state.step % tc["log_every"] == 0 or state.step == tc["max_steps"]:
                     last = accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
                     rate = seen / (time.perf_counter() - t_log)
+                    if "measured" not in run_plan.info:  # a few steps have run: the time left at their rate
+                        line = run_plan.measured(state.step, rate)
+                        if accelerator.is_main_process:
+                            bar.write(line)
+                            run_plan.write(out_dir)
                     failed = int(accelerator.gather(torch.tensor([len(data_failures())], device=device)).sum())
                     metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"],
                                "data_failures": failed}  # summed over processes (a clip may count on two)
