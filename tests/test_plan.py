@@ -250,8 +250,27 @@ def test_run_plan_for_train(tmp_path):
     assert run.info["tokens_per_step"] == round(4 * 2 * (2 * 512 + 768) / 3)  # 2 batches of 32x32, 1 of 32x48
     assert "tokens/step" in run.line() and "FLOPs" in run.line()
     line = run.measured(10, 8.0)
-    assert math.isclose(run.info["measured"]["seconds_to_max_steps"], 190 * 8 / 8.0) and "h at this rate" in line
+    assert math.isclose(run.info["measured"]["seconds_to_max_steps"], 190 * 8 / 8.0) and "3 min at this rate" in line
     assert json.loads(run.write(tmp_path).read_text())["measured"]["step"] == 10
+
+
+def test_train_writes_its_plan(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    import trainer.train as train_module
+    from trainer.testing import make_square_manifest
+
+    data = make_square_manifest(tmp_path / "data", count=3, frames=8, size=32)
+    AcceleratorState._reset_state(True)
+    try:
+        assert train_module.main(["--config", str(TINY), "--data", str(data), "--max-steps", "2", "--output-dir",
+                                  str(tmp_path / "run"), "data.num_workers=0"]) == 0
+    finally:
+        AcceleratorState._reset_state(True)
+    written = json.loads((tmp_path / "run" / "plan.json").read_text())
+    p = plan.plan_config(TINY, [], {(8, 32, 32): 3}, args("--steps", "2"), with_memory=False)
+    assert written["tokens_per_step"] == round(p["run"]["tokens"] / 2) == 4 * 512  # one 32x32 batch of 4 a step
+    assert written["measured"]["step"] == 2 and written["measured"]["samples_per_s"] > 0
 
 
 @pytest.mark.parametrize("argv,says", [
