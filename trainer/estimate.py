@@ -244,7 +244,7 @@ class RunPlan:
                                  "tokens_per_s_per_process": samples_per_s * self.tokens_per_sample / self.world,
                                  "seconds_to_max_steps": left}
         when = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min" if left < 7200 else f"{left / 3600:,.1f} h"
-        return (f"plan: at step {step} {samples_per_s:.3g} samples/s = "
+        return (f"plan: measured by step {step}: {samples_per_s:.3g} samples/s = "
                 f"{self.info['measured']['tokens_per_s_per_process']:,.0f} tokens/s per process; "
                 f"{max(0, self.steps - step):,} steps left = {when} at this rate")
 
