@@ -97,7 +97,7 @@ def plan_config(path, overrides, shapes, a, with_memory: bool = True) -> dict:
                          "features": a.features}
         for s in ["ddp"] + (["fsdp"] if a.gpus > 1 else []):
             m = out["memory"][s] = memory(parts, rp.buckets[big]["bucket"], a.gpus, s, a.features)
-            m["fits"] = smallest_gpu(m["total"])
+            m["fits"], m["fits_gpu"] = smallest_gpu(m["total"]), m["total"] <= USABLE * GPUS[a.gpu]["gb"] * GiB
     return out
 
 
@@ -176,9 +176,11 @@ def show(result: dict) -> None:
                      ["smallest GPU it fits"] + [m[s]["fits"] or "none listed" for s in names]]
             table(f"memory per GPU (bucket {'x'.join(map(str, m['bucket']))}, gradient checkpointing "
                   f"{'on' if m['checkpointing'] else 'off'})", ["", *[s.upper() for s in names]], rows)
-            if not any(m[s]["fits"] for s in names):
-                con.print(f"[bold red]warning: fits no listed GPU ({USABLE:.0%} of its memory)[/]: lower "
-                          "data.batch_size, turn on gradient checkpointing, use FSDP or pre-extracted features")
+            if not any(m[s]["fits_gpu"] for s in names):
+                gpu = p["run"]["gpu"]
+                con.print(f"[bold red]warning: does not fit {USABLE:.0%} of an {gpu}'s {GPUS[gpu]['gb']} GB[/] "
+                          f"(smallest that fits: {m[names[-1]]['fits'] or 'none listed'}): lower data.batch_size "
+                          "(raise optim.grad_accum), vae.micro_batch, use FSDP, gradient checkpointing or --features")
         con.print("plan: " + summary(p))
     c = result.get("captioning")
     if c:
@@ -223,7 +225,7 @@ def write_card(folder: Path, section: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plan", description=__doc__.split("\n\n")[0].strip("`"),
+    p = argparse.ArgumentParser(prog="plan", description=__doc__.split("\n\n")[0].replace("`", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", action="append", help="training config (repeat for several; default with --card: "
                    "the Open-Sora 1.0 stages)")
