@@ -113,10 +113,13 @@ def memory(parts: Parts, bucket, gpus: int = 1, strategy: str = "ddp", features:
     pre-extracted features), `activations` with and without gradient checkpointing, and the `total` as the
     config runs (its gradient checkpointing)."""
     cfg, P = parts.cfg, parts.params()["stdit"]
-    shard = gpus if strategy == "fsdp" else 1
-    info = bucket_shape(parts.model, parts.vae, bucket)
-    act = activation_bytes(parts, info["latent"], cfg["data"]["batch_size"], cfg["text"]["max_length"],
-                           cfg["train"]["mixed_precision"])
+    shard, B = (gpus if strategy == "fsdp" else 1), cfg["data"]["batch_size"]
+    memo = parts.__dict__.setdefault("_measured", {})  # the fake runs of a bucket serve DDP and FSDP alike
+    if tuple(bucket) not in memo:
+        latent = bucket_shape(parts.model, parts.vae, bucket)["latent"]
+        memo[tuple(bucket)] = (activation_bytes(parts, latent, B, cfg["text"]["max_length"],
+                                                cfg["train"]["mixed_precision"]), vae_encode_bytes(parts, bucket, B))
+    act, encode = memo[tuple(bucket)]
     out = {"weights (fp32)": 4 * P // shard, "gradients (fp32)": 4 * P // shard,
            "AdamW moments (fp32)": 8 * P // shard, "EMA (fp32)": 4 * P // shard}
     if strategy == "ddp" and gpus > 1:
@@ -125,8 +128,7 @@ def memory(parts: Parts, bucket, gpus: int = 1, strategy: str = "ddp", features:
         out["FSDP gathered blocks (2)"] = 2 * 4 * sum(p.numel() for p in parts.model.blocks[0].parameters())
     vae_bytes = (_dtype(cfg["vae"].get("dtype")) or torch.float32).itemsize
     out["text encoder (frozen)"] = 0 if features else 4 * parts.params()["text_encoder"]
-    out["VAE (frozen) and its encode"] = 0 if features else (
-        vae_bytes * parts.params()["vae"] + vae_encode_bytes(parts, bucket, cfg["data"]["batch_size"]))
+    out["VAE (frozen) and its encode"] = 0 if features else vae_bytes * parts.params()["vae"] + encode
     chosen = act["checkpointed" if cfg["model"]["gradient_checkpointing"] else "full"]
     return {"parts": out, "activations": act, "total": sum(out.values()) + chosen}
 
