@@ -104,6 +104,9 @@ def _open(src):
             fileobj.close()
 
 
+open_container = _open  # for a reader that needs the container itself (packets without a decode: bits per pixel)
+
+
 def _short(e: Exception) -> str:
     msg = getattr(e, "strerror", None) or str(e)
     return " ".join(str(msg).split())[:160]

@@ -17,18 +17,14 @@ import math
 import av
 import numpy as np
 
-from index.video import VideoError
+from index.video import VideoError, open_container
 
 from .base import ClipFrames, Scorer
 
 
 def packet_bits(path) -> tuple[np.ndarray, int]:
     """(bits of each frame in presentation order, coded width x height) of a source's first video stream."""
-    try:
-        container = av.open(str(path), "r")
-    except av.error.FFmpegError as e:
-        raise VideoError(f"not a readable video ({' '.join(str(e).split())[:160]})") from None
-    with container:
+    with open_container(path) as container:  # a local file or a URL, refused as every reader refuses it
         if not container.streams.video:
             raise VideoError("no video stream")
         stream = container.streams.video[0]

@@ -26,6 +26,7 @@ class CountingServer(ThreadedMotoServer):
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request on the test's stderr
         self.requests: Counter = Counter()
+        self.bytes_out = 0  # bytes of the responses' bodies (Content-Length)
         self._lock = threading.Lock()
 
     def _server_entry(self) -> None:
@@ -35,12 +36,21 @@ class CountingServer(ThreadedMotoServer):
             if environ.get("PATH_INFO") == COUNTER:  # another process asks for the count (or resets it)
                 if environ["REQUEST_METHOD"] == "POST":
                     self.reset()
-                body = json.dumps({"total": self.total, **self.requests}).encode()
+                body = json.dumps({"total": self.total, "bytes": self.bytes_out, **self.requests}).encode()
                 start_response("200 OK", [("Content-Type", "application/json")])
                 return [body]
             with self._lock:
                 self.requests[environ["REQUEST_METHOD"]] += 1
-            return app(environ, start_response)
+
+            head = environ["REQUEST_METHOD"] == "HEAD"  # its Content-Length is the object's, with no body
+
+            def counted(status, headers, *rest):
+                size = 0 if head else next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+                with self._lock:
+                    self.bytes_out += size
+                return start_response(status, headers, *rest)
+
+            return app(environ, counted)
 
         self._server = make_server(self._ip_address, self._port, counting, True, request_handler=MotoRequestHandler)
         self._server_ready_event.set()
@@ -49,6 +59,7 @@ class CountingServer(ThreadedMotoServer):
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.bytes_out = 0
 
     @property
     def total(self) -> int:
