@@ -89,12 +89,12 @@ def test_rerun_and_kill_resume_lose_and_duplicate_nothing(synth_manifest, tiny_q
     pd.testing.assert_frame_equal(read_manifest(out / "clips.parquet"), first)
     # a unit that failed for a passing reason is skipped by a re-run, and redone with --retry-failed
     store = PartStore(out, stage_name(str(tiny_qwen25), "detailed"))
-    batch = next(b for b in store.batches if b.name == parts[1].name)
+    key = store._meta(parts[1].name)["done"][0]  # the batch's metadata names the unit it completes
     ids = pd.read_parquet(parts[1])["clip_id"].tolist()  # a part holds the clip ids and the caption columns
     video = first.set_index("clip_id").loc[ids[0], "video_path"]
     parts[1].unlink()
     with PartStore(out, stage_name(str(tiny_qwen25), "detailed")) as store:
-        store.fail(batch.done[0], video, "worker process died", ids=ids)
+        store.fail(key, video, "worker process died", ids=ids)
     assert _run(manifest, out, tiny_qwen25) == 0
     assert len(read_manifest(out / "clips.parquet")) < len(first) and read_failed(out)
     assert _run(manifest, out, tiny_qwen25, "--retry-failed") == 0
