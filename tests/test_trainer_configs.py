@@ -2,6 +2,7 @@
 to a tiny width and tiny random encoders built here (same keys otherwise: its diffusion, precision, EMA,
 checkpointing, position scales and --init-from chain are the shipped ones). Accelerate configs parse."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import yaml
 
 import trainer.train as train_module
-from trainer.config import load_config
+from trainer.config import ConfigError, load_config
 from trainer.model import STDiT, build_stdit, spatial_pos_embed
 from trainer.testing import make_square_manifest, make_tiny_t5, make_tiny_vae
 
@@ -118,3 +119,25 @@ def test_tiny_config_lists_every_key():
         block = text.split(f"\n{section}:", 1)[1].split("\n\n", 1)[0]
         for f in dataclasses.fields(cls):
             assert f"{f.name}:" in block, f"{section}.{f.name} is not documented in tiny.yaml"
+
+
+def test_lr_schedules_warm_up_then_decay_to_the_floor_at_max_steps():
+    from trainer.config import learning_rate
+
+    def lrs(schedule, ratio=0.0):
+        cfg = load_config(None, [f"optim.schedule={schedule}", f"optim.min_lr_ratio={ratio}", "optim.lr=1.0",
+                                 "optim.warmup_steps=4"])
+        return [learning_rate(cfg["optim"], step, 14) for step in range(14)]
+
+    for schedule in ("constant", "linear", "cosine"):
+        assert lrs(schedule)[:4] == [0.25, 0.5, 0.75, 1.0]  # step 3 is the warm-up's last: the full lr
+    assert lrs("constant")[4:] == [1.0] * 10
+    linear, cosine = lrs("linear"), lrs("cosine")
+    assert linear[4:] == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    assert cosine[8] == pytest.approx(0.5) and cosine[-1] == pytest.approx(0.0)  # half-way, then the end
+    assert all(a > b for a, b in zip(cosine[3:], cosine[4:])) and cosine[5] > linear[5] and cosine[11] < linear[11]
+    assert lrs("cosine", 0.1)[-1] == pytest.approx(0.1) and lrs("linear", 0.1)[8] == pytest.approx(0.55)
+    for bad, message in (("optim.schedule=cosin", "did you mean cosine"), ("optim.min_lr_ratio=2", "[0, 1]"),
+                         ("optim.min_lr_ratio=-1", ">= 0"), ("train.spike_factor=-1", ">= 0")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, [bad])

@@ -172,3 +172,39 @@ def test_bad_usage_is_a_clear_error(tmp_path, capsys):
     assert "no such config" in capsys.readouterr().err
     assert train_module.main(["--config", str(CONFIG), "lr=3"]) == 2
     assert "expected section.key=value" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_metrics_log_the_lr_and_the_gradient_norm_of_every_logged_step(reference_run):
+    lines = [json.loads(ln) for ln in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
+    assert [m["lr"] for m in lines[:2]] == pytest.approx([1.5e-4, 3e-4])  # tiny.yaml: warm-up over 2 steps
+    assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12) and lines[2]["lr"] > lines[3]["lr"]  # cosine to 0
+    for m in lines:
+        assert 0 < m["grad_norm"] == m["grad_norm_max"] < 1e3 and m["spike"] is False  # one step per line
+
+
+def test_a_loss_far_above_its_running_median_is_a_spike():
+    from trainer.checkpoints import SpikeWatch
+
+    falling = [0.6 * 0.97 ** k * (1.2 if k % 3 else 0.85) for k in range(110)]  # noisy, falling to ~0.025
+    watch = SpikeWatch(3.0)
+    assert [watch.check(v) for v in falling] == [None] * 110
+    median = sorted(falling[-20:])[9:11]
+    assert watch.check(2.9 * max(median)) is None  # under 3x: noise
+    assert "5.0x the median" in watch.check(5.0 * sum(median) / 2)
+    assert SpikeWatch(3.0, history=falling).check(0.145) is not None  # a resumed run keeps its history
+    assert SpikeWatch(3.0).check(float("nan")) == "the loss is nan"
+    assert SpikeWatch(0.0, history=falling).check(100.0) is None  # spike_factor 0: never
+
+
+@pytest.mark.slow
+def test_a_spike_is_warned_with_its_step_and_flagged_in_the_metrics(manifest, tmp_path):
+    out = tmp_path / "spiky"  # a factor of 1e-6: every logged loss after the first 5 counts as a spike
+    proc = run(train_cmd(manifest, out, 7, "train.spike_factor=1e-6"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warned = [ln for ln in proc.stderr.splitlines() if "warning: loss spike" in ln]
+    assert [ln.split("at step ")[1].split(":")[0] for ln in warned] == ["6", "7"], warned
+    assert "grad norm" in warned[0] and "lr " in warned[0]
+    flags = [json.loads(ln)["spike"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert flags == [False] * 5 + [True, True]

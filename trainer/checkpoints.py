@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import shutil
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +169,32 @@ def trim_metrics(path: Path, step: int) -> int:
     if dropped:
         atomic_write_text(path, "".join(ln + "\n" for ln in kept))
     return dropped
+
+
+def logged_losses(path: Path) -> list[float]:
+    """The losses of metrics.jsonl (after `trim_metrics`), oldest first; [] without a file."""
+    if not path.exists():
+        return []
+    return [float(json.loads(line)["loss"]) for line in path.read_text().splitlines() if line.strip()]
+
+
+class SpikeWatch:
+    """Flags a logged loss above `factor` times the median of the last `window` logged losses (a run that starts
+    to diverge), once `window // 4` are known (`history`: those of a resumed run); a non-finite loss always."""
+
+    def __init__(self, factor: float, history=(), window: int = 20):
+        self.factor, self.window = float(factor), int(window)
+        self.recent = [v for v in history if math.isfinite(v)][-self.window:]
+
+    def check(self, loss: float) -> str | None:
+        """What is wrong with `loss` in one phrase, or None; a finite `loss` joins the window."""
+        if not math.isfinite(loss):
+            return f"the loss is {loss}"
+        median = statistics.median(self.recent) if len(self.recent) >= max(1, self.window // 4) else None
+        self.recent = (self.recent + [loss])[-self.window:]
+        if self.factor and median is not None and loss > self.factor * median:
+            return f"{loss:.4g} is {loss / median:.1f}x the median {median:.4g} of the last {self.window} logged"
+        return None
 
 
 # ---------------------------------------------------------------- weights to start or sample from

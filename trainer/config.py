@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,10 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    warmup_steps: int = 1000
-    grad_clip: float = 1.0
+    warmup_steps: int = 1000  # linear warm-up from 0, in optimizer steps
+    schedule: str = "constant"  # after the warm-up: constant | linear | cosine (decay until train.max_steps)
+    min_lr_ratio: float = 0.0  # linear / cosine: the lr at train.max_steps, as a fraction of lr
+    grad_clip: float = 1.0  # clip the gradient norm to this (0: never); the norm is logged either way
     grad_accum: int = 1
 
 
@@ -100,6 +103,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     seed: int = 42
     log_every: int = 10
+    spike_factor: float = 3.0  # warn when a logged loss exceeds this times the median of the last logged (0: never)
     ckpt_every: int = 1000
     keep_last: int = 3
     output_dir: str = "runs/stdit"
@@ -121,14 +125,29 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "vae": VAEConfig, "text": Tex
                              "train": TrainConfig, "sample": SampleConfig}
 CHOICES = {"text.kind": ("tiny", "t5", "clip"), "diffusion.name": ("rflow", "ddpm"),
            "train.mixed_precision": ("no", "bf16", "fp16"), "diffusion.beta_schedule": ("linear", "scaled_linear",
-                                                                                      "squaredcos_cap_v2")}
+                                                                                      "squaredcos_cap_v2"),
+           "optim.schedule": ("constant", "linear", "cosine")}
 POSITIVE = {"data.batch_size", "data.frame_interval", "optim.grad_accum", "train.max_steps", "train.log_every",
             "train.ckpt_every", "text.max_length", "sample.num_frames", "sample.height", "sample.width",
             "sample.fps", "sample.steps", "model.hidden_size", "model.depth", "model.num_heads",
             "model.space_scale", "model.time_scale", "model.base_size", "diffusion.base_tokens", "diffusion.num_train_timesteps"}
 NON_NEGATIVE = {"optim.lr", "optim.weight_decay", "optim.eps", "optim.warmup_steps", "optim.grad_clip",
                 "data.num_workers", "train.keep_last", "text.cache_mb", "sample.cfg_scale",
-                "model.class_dropout_prob", "train.ema_decay"}
+                "model.class_dropout_prob", "train.ema_decay", "optim.min_lr_ratio", "train.spike_factor"}
+
+
+def learning_rate(optim: dict, step: int, max_steps: int) -> float:
+    """The lr of optimizer step `step` (0-based): a linear warm-up over `warmup_steps`, then `schedule` from lr
+    down to `min_lr_ratio * lr` at `max_steps` (constant: lr throughout). A function of the step alone, so a
+    resumed run continues the same curve."""
+    lr, warmup = optim["lr"], optim["warmup_steps"]
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if optim["schedule"] == "constant":
+        return lr
+    progress = min(1.0, (step - warmup + 1) / max(1, max_steps - warmup))
+    left = 1 - progress if optim["schedule"] == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return lr * (optim["min_lr_ratio"] + (1 - optim["min_lr_ratio"]) * left)
 
 
 class Config(dict):
@@ -250,6 +269,8 @@ def validate(raw: dict, source: str = "config") -> Config:
         value = cfg[section][key]
         if value is not None and (value <= 0 if where in POSITIVE else value < 0):
             raise ConfigError(f"{where}: must be {'> 0' if where in POSITIVE else '>= 0'}, got {value!r}")
+    if cfg["optim"]["min_lr_ratio"] > 1:
+        raise ConfigError(f"optim.min_lr_ratio: a fraction of optim.lr in [0, 1], got {cfg['optim']['min_lr_ratio']}")
     _check_model(cfg["model"])
     _check_vae(cfg["vae"])
     for i, b in enumerate(cfg["data"]["buckets"]):

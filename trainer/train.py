@@ -39,9 +39,9 @@ if __package__ in (None, ""):  # run as a script (accelerate launch trainer/trai
 
 from index.engine import ctrl_c_guard, ignore_ctrl_c  # noqa: E402
 from index.files import LockError, OutputLock, atomic_write_text, command_line  # noqa: E402
-from trainer.checkpoints import (EMA, TrainState, UsageError, build_model, checkpoints,  # noqa: E402
-                                 init_model, load_resume_state, save_checkpoint, trim_metrics)
-from trainer.config import ConfigError, HelpFormatter, dump, load_config  # noqa: E402
+from trainer.checkpoints import (EMA, SpikeWatch, TrainState, UsageError, build_model, checkpoints,  # noqa: E402
+                                 init_model, load_resume_state, logged_losses, save_checkpoint, trim_metrics)
+from trainer.config import ConfigError, HelpFormatter, dump, learning_rate, load_config  # noqa: E402
 from trainer.encoders import build_text_encoder  # noqa: E402
 from trainer.launch import launch, preflight  # noqa: E402
 
@@ -235,7 +235,8 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
         return getattr(dataset, "failures", {})
 
     bar = tqdm(total=tc["max_steps"], initial=state.step, disable=not accelerator.is_main_process, desc="train")
-    t_log, seen, losses, last, micro = time.perf_counter(), 0, [], None, 0
+    t_log, seen, losses, last, micro, norms = time.perf_counter(), 0, [], None, 0, []
+    spikes = SpikeWatch(tc["spike_factor"], logged_losses(metrics_path) if accelerator.is_main_process else [])
     loader_gen = torch.Generator().manual_seed(tc["seed"])
     drop_p = inner.config.class_dropout_prob
     run["step"] = state.step
@@ -265,10 +266,11 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
                     drop = torch.tensor([torch.rand(1, generator=g).item() < drop_p for g in gens], device=device)
                     loss = diffusion.loss(model, x0, y, mask, generator=gens, drop=drop)
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and oc["grad_clip"]:
-                        accelerator.clip_grad_norm_(model.parameters(), oc["grad_clip"])
-                    for g in opt.param_groups:  # linear warmup, then constant
-                        g["lr"] = oc["lr"] * min(1.0, (state.step + 1) / max(1, oc["warmup_steps"]))
+                    if accelerator.sync_gradients:  # the norm before clipping, logged (grad_clip 0: never clipped)
+                        norm = accelerator.clip_grad_norm_(model.parameters(), oc["grad_clip"] or math.inf)
+                        norms.append(torch.as_tensor(math.nan if norm is None else norm).detach().float().cpu())
+                    for g in opt.param_groups:  # warm-up, then optim.schedule
+                        g["lr"] = learning_rate(oc, state.step, tc["max_steps"])
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 state.position += 1
@@ -291,14 +293,22 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
                             bar.write(line)
                             run_plan.write(out_dir)
                     failed = int(accelerator.gather(torch.tensor([len(data_failures())], device=device)).sum())
+                    norm = torch.stack(norms)
                     metrics = {"step": state.step, "loss": last, "samples_per_s": rate, "lr": opt.param_groups[0]["lr"],
+                               "grad_norm": norm.mean().item(), "grad_norm_max": norm.max().item(),
                                "data_failures": failed}  # summed over processes (a clip may count on two)
+                    spike = spikes.check(last)  # a jump far above the recent median: the run may be diverging
+                    metrics["spike"] = spike is not None
+                    if spike and accelerator.is_main_process:
+                        bar.write(f"train: warning: loss spike at step {state.step}: {spike} (grad norm "
+                                  f"{metrics['grad_norm']:.3g}, lr {metrics['lr']:.3g}); lower optim.lr or decay it "
+                                  "(optim.schedule)", file=sys.stderr)
                     accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=state.step)
                     if accelerator.is_main_process:
                         with open(metrics_path, "a") as f:
                             f.write(json.dumps(metrics) + "\n")
                     bar.set_postfix(loss=f"{last:.4f}", samples_s=f"{rate:.1f}")
-                    t_log, seen, losses = time.perf_counter(), 0, []
+                    t_log, seen, losses, norms = time.perf_counter(), 0, [], []
                 if state.step % tc["ckpt_every"] == 0 or state.step == tc["max_steps"]:
                     save_checkpoint(accelerator, out_dir, state.step, model, ema, state, cfg, text_path, tc["keep_last"])
                 if state.step in (args.kill_at_step, args.interrupt_at_step):
