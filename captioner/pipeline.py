@@ -27,6 +27,7 @@ from .checks import check_caption
 from .frames import FramePolicy, frame_times, iter_clip_frames, load_clip_frames
 from .prompts import Prompt, clip_values
 
+IMPORTED = "imported"  # the prompt_id import-clips gives a dataset's own captions
 CAPTION_COLUMNS = ("caption", "caption_model", "prompt_id", "caption_tokens", "caption_flags", "caption_retries",
                    "frame_times")
 
@@ -255,6 +256,14 @@ class CaptionStage(Stage):
     def merge(self, store: PartStore) -> str:
         """SQL of every input row captioned (now, earlier, or in the input by the same model and prompt), in input
         order: stream it with `index.query.batches`."""
-        from index.query import join_parts
+        from index.query import join_parts, names_of, quote
 
-        return join_parts(self.con, store, CAPTION_COLUMNS, where_kept=self.already())
+        source = "input"
+        have = set(names_of(self.con, "SELECT * FROM input"))
+        if {"caption", "prompt_id"} <= have and "meta_source_caption" not in have and self.con.execute(
+                f"SELECT EXISTS (SELECT 1 FROM input WHERE prompt_id = {quote(IMPORTED)})").fetchall()[0][0]:
+            # an imported manifest (import-clips): the dataset's own caption stays beside the new one
+            self.con.execute(f"CREATE OR REPLACE VIEW _input_sourced AS SELECT *, CASE WHEN prompt_id = "
+                             f"{quote(IMPORTED)} THEN caption END AS meta_source_caption FROM input")
+            source = "_input_sourced"
+        return join_parts(self.con, store, CAPTION_COLUMNS, where_kept=self.already(), source=source)

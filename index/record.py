@@ -51,6 +51,7 @@ CORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Clip))
 STAGE_COLUMNS: dict[str, str] = {
     "clip_path": "string",  # a physically cut clip (split-videos --cut)
     "caption": "string",
+    "captions": "list",  # import-clips: every caption a dataset gives the clip (`caption` holds the one picked)
     "caption_model": "string",
     "prompt_id": "string",
     "caption_tokens": "int",
