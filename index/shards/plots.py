@@ -1,17 +1,17 @@
 """The data card's figures (PNG bytes, matplotlib's Agg backend): every axis spans the data, counts are integers.
 
 Aspect ratios are named w:h by `names.aspect_name` (the shard buckets' names); score histograms draw the
-thresholds a build used; the similarity histogram counts exactly the clips the card describes.
+thresholds a build used; the similarity histogram counts exactly the clips the card describes. The card's figures
+are drawn from counts that SQL aggregates computed over the streamed index (`distributions`, `histogram_counts`,
+`categories`): no figure needs the clips' values in memory.
 """
 
 from __future__ import annotations
 
 import io
-import re
 from collections import Counter
 
 import numpy as np
-import pandas as pd
 
 from .names import ASPECTS, aspect_name
 
@@ -80,6 +80,28 @@ def histogram_figure(values, xlabel: str, colour: str = BLUE, integer: bool = Fa
     return fig
 
 
+def histogram_counts(edges, counts, xlabel: str, colour: str = BLUE, integer: bool = False, lines=(),
+                     title: str = "") -> bytes:
+    """`histogram` from bin edges and counts (`select.histogram`): the same bars, drawn from the counts."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if edges is not None and len(counts):
+        edges = np.asarray(edges, float)
+        ax.hist(edges[:-1], bins=edges, weights=np.asarray(counts, float), color=colour)
+    for x, label in lines:
+        ax.axvline(x, color=RED, ls="--", label=label)
+    if lines:
+        ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("clips")
+    if title:
+        ax.set_title(title, fontsize=10)
+    _integer_counts(ax)
+    if integer:
+        _integer_counts(ax, "x")
+    return _png(fig)
+
+
 def similarity(nearest: np.ndarray, threshold: float, among: str = "in this dataset") -> bytes:
     """Nearest-neighbour cosine similarity of the clips, over the data's range; the dedup threshold is drawn
     when it falls inside that range and named in the title otherwise."""
@@ -92,32 +114,46 @@ def similarity(nearest: np.ndarray, threshold: float, among: str = "in this data
                      title=f"{len(nearest)} clips; dedup threshold {threshold:.2f}{where}")
 
 
-def distributions(df: pd.DataFrame) -> dict[str, bytes]:
-    """duration, resolution + aspect ratio, caption length, frequent words."""
+def distributions(con, index: str) -> dict[str, bytes]:
+    """duration, resolution + aspect ratio, caption length, frequent words: SQL aggregates over the relation
+    `index` (the clips of the card), then figures of the counts."""
+    from .select import histogram
+
     plt = _plt()
     out = {}
-    dur = (df["end_sec"].astype(float) - df["start_sec"].astype(float)).clip(lower=0).round(6)
-    out["duration"] = histogram(dur, "clip duration (s)")
+    dur = "round(greatest(CAST(end_sec AS DOUBLE) - CAST(start_sec AS DOUBLE), 0), 6)"
+    edges, counts = histogram(con, index, dur) or (None, [])
+    out["duration"] = histogram_counts(edges, counts, "clip duration (s)")
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    res = (df["width"].astype(int).astype(str) + "x" + df["height"].astype(int).astype(str)).value_counts().head(12)
-    a1.barh(res.index[::-1], res.to_numpy()[::-1], color=GREEN)
+    sizes = con.execute(f"SELECT CAST(width AS BIGINT) AS w, CAST(height AS BIGINT) AS h, count(*) AS n FROM {index} "
+                        "GROUP BY ALL ORDER BY n DESC, w, h").fetchall()
+    res = [(f"{w}x{h}", n) for w, h, n in sizes[:12]]
+    a1.barh([r for r, _ in res][::-1], [n for _, n in res][::-1], color=GREEN)
     a1.set_xlabel("clips")
     a1.set_title("resolution (width x height)")
     _integer_counts(a1, "x")
-    names = pd.Series([aspect_name(w, h) for w, h in zip(df["width"], df["height"])]).value_counts()
-    order = sorted(names.index, key=lambda n: -ASPECTS[n])  # widest first
+    names = Counter()
+    for w, h, n in sizes:
+        names[aspect_name(w, h)] += n
+    order = sorted(names, key=lambda n: -ASPECTS[n])  # widest first
     a2.bar(order, [names[n] for n in order], color=PURPLE)
     a2.set_title("aspect ratio (w:h, nearest standard)")
     a2.set_ylabel("clips")
     _integer_counts(a2)
     out["resolution"] = _png(fig)
 
-    captions = df["caption"].fillna("").astype(str) if "caption" in df else pd.Series([], dtype=str)
-    out["caption_length"] = histogram(captions.str.split().str.len(), "caption length (words)", ORANGE, integer=True)
+    has_caption = "caption" in [d[0] for d in con.execute(f"SELECT * FROM {index} LIMIT 0").description]
+    text = "coalesce(CAST(caption AS VARCHAR), '')" if has_caption else "''"
+    words = f"CASE WHEN regexp_matches({text}, '^\\s*$') THEN 0 ELSE len(regexp_split_to_array(regexp_replace(" \
+            f"{text}, '^\\s+|\\s+$', '', 'g'), '\\s+')) END"
+    edges, counts = histogram(con, index, words, integer=True) or (None, [])
+    out["caption_length"] = histogram_counts(edges, counts, "caption length (words)", ORANGE, integer=True)
 
-    words = Counter(w for c in captions for w in re.findall(r"[a-z][a-z'-]+", c.lower()) if w not in STOPWORDS)
-    top = words.most_common(20)
+    stop = ", ".join("'" + w.replace("'", "''") + "'" for w in sorted(STOPWORDS))
+    top = con.execute(f"SELECT w, count(*) AS n FROM (SELECT unnest(regexp_extract_all(lower({text}), "
+                      f"'[a-z][a-z''-]+')) AS w FROM {index}) WHERE w NOT IN ({stop}) GROUP BY w "
+                      "ORDER BY n DESC, w LIMIT 20").fetchall()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     if top:
         ax.barh([w for w, _ in top][::-1], [n for _, n in top][::-1], color=CYAN)
@@ -128,15 +164,14 @@ def distributions(df: pd.DataFrame) -> dict[str, bytes]:
     return out
 
 
-def categories(before: pd.Series, after: pd.Series, title: str) -> bytes:
-    """Counts per value before the filters (grey) and in the dataset (colour), side by side."""
+def categories(before: dict, after: dict, title: str) -> bytes:
+    """Counts per value before the filters (grey) and in the dataset (colour), side by side ({value: clips})."""
     plt = _plt()
-    a, b = before.dropna().astype(str).value_counts(), after.dropna().astype(str).value_counts()
-    labels = list(a.index)
+    labels = list(before)
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar(x - 0.2, [a.get(k, 0) for k in labels], 0.4, color=GREY, label="before the filters")
-    ax.bar(x + 0.2, [b.get(k, 0) for k in labels], 0.4, color=BLUE, label="in this dataset")
+    ax.bar(x - 0.2, [before.get(k, 0) for k in labels], 0.4, color=GREY, label="before the filters")
+    ax.bar(x + 0.2, [after.get(k, 0) for k in labels], 0.4, color=BLUE, label="in this dataset")
     ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_ylabel("clips")
     ax.set_title(title)

@@ -20,12 +20,11 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import pandas as pd
 
-from ..engine import Output, Stage, Unit
-from ..files import atomic_write_bytes
+from .. import query, storage
+from ..engine import BadInput, Output, Stage, Unit
 from ..manifest import failure
 from ..video import _ClipEncoder, clip_rate, iter_frames
 
@@ -132,24 +131,51 @@ def cut_source(path, plans: list[tuple[str, ClipPlan]]) -> tuple[dict[str, bytes
     return out, failed
 
 
+PLAN_COLUMNS = ("clip_id", "key", "video_path", "video_sha256", "start_frame", "end_frame", "start_sec", "end_sec",
+                "fps", "width", "height")
+
+
+def cut_units(con, todo: str, opts: ClipOptions, bad: set):
+    """One unit per source of the relation `todo` (rows with PLAN_COLUMNS), streamed in (path, sha256) order, its
+    clips in frame order with their plans; sources in `bad` are left out."""
+    cols = ", ".join(query.ident(c) for c in PLAN_COLUMNS)
+    sql = f"SELECT {cols} FROM {todo} ORDER BY video_path, video_sha256, start_frame, key"
+
+    def unit(src, items):
+        digest = hashlib.sha256(repr((str(src[1]), items)).encode()).hexdigest()[:32]
+        return Unit(digest, str(src[0]), data=items, weight=len(items), ids=tuple(c for c, _, _ in items))
+
+    cur, items = None, []
+    for batch in query.batches(con, sql):
+        for row in batch.to_pylist():
+            src = (row["video_path"], row["video_sha256"])
+            if src in bad:
+                continue
+            if src != cur and items:
+                yield unit(cur, items)
+                items = []
+            cur = src
+            items.append((str(row["clip_id"]), row["key"], plan_clip(row, opts)))
+    if items:
+        yield unit(cur, items)
+
+
 class CutStage(Stage):
-    """Units: source videos with clips to cut; process: `cut_source`; the driver writes (see `StagingStore`)."""
+    """Units: source videos with clips to cut (streamed); process: `cut_source`; the driver writes (see
+    `StagingStore`)."""
 
     name = STAGE
     unit_name = "clips"
     driver_only = ("_units",)
 
-    def __init__(self, todo: pd.DataFrame, plans: dict[str, ClipPlan]):
-        self._units = []
-        for (path, sha), rows in todo.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
-            rows = rows.sort_values(["start_frame", "key"], kind="stable")
-            items = [(str(c), k, plans[k]) for c, k in zip(rows["clip_id"], rows["key"])]
-            digest = hashlib.sha256(repr((str(sha), items)).encode()).hexdigest()[:32]
-            self._units.append(Unit(digest, str(path), data=items, weight=len(items),
-                                    ids=tuple(c for c, _, _ in items)))
+    def __init__(self, units, total: int | None = None):
+        self._units, self._total = units, total
 
-    def units(self) -> list[Unit]:
+    def units(self):
         return self._units
+
+    def total(self) -> int | None:
+        return self._total
 
     def process(self, state, unit: Unit) -> Output:
         ids = {key: cid for cid, key, _ in unit.data}
@@ -165,10 +191,10 @@ class StagingStore:
     """What `index.engine.run_stage` writes to: the staged clips (written here, by the driver) and failures.
     Nothing is skipped as done: the units are already only the clips missing from staging and output."""
 
-    def __init__(self, out_dir: Path, staging: Path):
-        self.dir = Path(out_dir) / ".parts" / STAGE  # named in the Ctrl-C message only
+    def __init__(self, out_dir, staging):
+        self.dir = storage.location(out_dir) / ".parts" / STAGE  # named in the Ctrl-C message only
         self.staging = staging
-        self.staged: set[str] = set()
+        self.staged: set[str] = set()  # this run's (few: the clips cut now)
         self.failures: list[dict] = []
 
     def done(self, key: str) -> bool:
@@ -176,7 +202,7 @@ class StagingStore:
 
     def write(self, key: str, rows: pd.DataFrame) -> None:
         for k, data in zip(rows["key"], rows["mp4"]):
-            atomic_write_bytes(self.staging / f"{k}.mp4", bytes(data))
+            storage.write_bytes(self.staging / f"{k}.mp4", bytes(data))  # complete or absent
             self.staged.add(k)
 
     def fail(self, key: str, path, reason: str, ids=()) -> dict:
@@ -187,16 +213,42 @@ class StagingStore:
         return rec
 
 
-def stage_clips(todo: pd.DataFrame, plans: dict, out_dir: Path, staging: Path, hashes,
-                engine=None) -> tuple[set[str], list[dict]]:
-    """Check the sources of `todo` (a HashCache: a stat for an unchanged file) and cut their clips into
-    staging on the engine: (keys staged now, failure records)."""
-    from ..engine import EngineOptions, run_stage
-    from ..manifest import check_sources
+def check_sources(con, todo: str, hashes) -> tuple[set, list[dict]]:
+    """The (video_path, video_sha256) sources of `todo` that no longer hold the content their clips were made from
+    (a HashCache: a stat for an unchanged file, one listing per folder on a store), and one failure for each."""
+    bad, fails, listed = set(), [], {}
+    sql = f"SELECT video_path, video_sha256, count(*) FROM {todo} GROUP BY ALL ORDER BY ALL"
+    for batch in query.batches(con, sql):
+        for path, sha, n in zip(*[batch.column(i).to_pylist() for i in range(3)]):
+            try:
+                info = None
+                if storage.is_remote(path):
+                    loc = storage.location(path)
+                    if str(loc.parent) not in listed:
+                        listed[str(loc.parent)] = storage.listing(loc.parent)
+                    info = listed[str(loc.parent)].get(loc.name)
+                    if info is None:
+                        raise BadInput("video missing")
+                elif not storage.exists(path):
+                    raise BadInput("video missing")
+                if hashes.sha256(path, info) != sha:
+                    raise BadInput("video changed since it was split (sha256 mismatch)")
+            except BadInput as e:
+                bad.add((path, sha))
+                fails.append(failure(path, STAGE, f"{n} clips: {e}"))
+    return bad, fails
 
-    ok, failures = check_sources(todo, hashes, STAGE)
+
+def stage_clips(con, todo: str, opts: ClipOptions, out_dir, staging, hashes,
+                engine=None) -> tuple[set[str], list[dict]]:
+    """Check the sources of the relation `todo` and cut their clips into staging on the engine: (keys staged now,
+    failure records)."""
+    from ..engine import EngineOptions, run_stage
+
+    bad, failures = check_sources(con, todo, hashes)
     store = StagingStore(out_dir, staging)
-    if len(ok):
-        staging.mkdir(parents=True, exist_ok=True)
-        run_stage(CutStage(ok, plans), store, engine or EngineOptions(progress=False))
+    total = query.scalar(con, f"SELECT count(*) FROM {todo}")
+    if total:
+        storage.makedirs(staging)
+        run_stage(CutStage(cut_units(con, todo, opts, bad), total), store, engine or EngineOptions(progress=False))
     return store.staged, failures + store.failures

@@ -1,4 +1,4 @@
-"""`--where`: a small filter language over manifest columns, parsed here and evaluated on whole columns.
+"""`--where`: a small filter language over manifest columns, parsed here and evaluated by DuckDB as SQL.
 
     aesthetic >= 5 and motion > 0.3 and text_area < 0.02
     not text_static and camera_motion in ("static", "pan_left")
@@ -14,12 +14,14 @@ Grammar (keywords in any case):
     value := NAME | NUMBER | "quoted text" | 'quoted text' | true | false
     OP    := < <= > >= == = !=
 
-Nothing is evaluated as Python: the text becomes a small tree of these nodes and each node is a pandas
-operation on a column. Columns are checked against the manifest before any work: an unknown name is a
-usage error naming the nearest column; text compares only with text (== != in), numbers with numbers.
-A clip with no value (NaN, None) in a column makes a comparison on it unknown, and unknowns combine as in SQL:
-`unknown or true` is true, `unknown and false` is false, `not unknown` is unknown, and a clip whose whole
-filter is unknown is not kept ("unknown" is never "kept").
+Nothing the user wrote reaches Python or SQL as text: the parser here turns it into a small tree of these
+nodes (so a mistake is one line naming the spot), and `Node.sql()` writes the tree as a SQL expression with
+quoted identifiers and literals, which DuckDB evaluates over the streamed manifest (`index.query`). Columns are
+checked against the manifest's schema before any work: an unknown name is a usage error naming the nearest
+column; text compares only with text (== != in), numbers with numbers. A clip with no value (NULL, or NaN in a
+float column: NaN is made NULL first, since SQL would order it above every number) makes a comparison on it
+unknown, and unknowns combine as SQL's do: `unknown or true` is true, `unknown and false` is false,
+`not unknown` is unknown, and a clip whose whole filter is unknown is not kept ("unknown" is never "kept").
 
 The top-level `and` terms are the filter's steps: the data card's retention table shows what each costs.
 """
@@ -74,36 +76,38 @@ class Node:
             return f"{a[0]} {'not in' if a[2] else 'in'} ({', '.join(_literal(v) for v in a[1])})"
         return a[0]
 
-    def mask(self, df: pd.DataFrame) -> np.ndarray:
-        """Rows that pass, as a boolean array (a row whose result is unknown does not pass)."""
-        value, known = self._eval(df)
-        return value & known
-
-    def _eval(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(value, known) per row, with SQL's three-valued logic; value is False where unknown."""
+    def sql(self) -> str:
+        """The condition as a SQL expression (three-valued, as SQL is: NULL where unknown)."""
         k, a = self.kind, self.args
         if k in ("and", "or"):
-            (va, ka), (vb, kb) = a[0]._eval(df), a[1]._eval(df)
-            if k == "and":  # false if either side is known false
-                return va & vb, (ka & kb) | (ka & ~va) | (kb & ~vb)
-            return va | vb, (ka & kb) | (ka & va) | (kb & vb)  # true if either side is known true
+            return f"({a[0].sql()} {k.upper()} {a[1].sql()})"
         if k == "not":
-            v, known = a[0]._eval(df)
-            return ~v & known, known
-        col = a[1] if k == "cmp" else a[0]
-        known = df[col].notna().to_numpy()
+            return f"(NOT {a[0].sql()})"
         if k == "bool":
-            value = df[col].fillna(False).astype(bool).to_numpy()
-        elif k == "in":
-            hit = df[col].isin(list(a[1])).to_numpy()
-            value = ~hit if a[2] else hit
-        else:
-            op, _, lit = a
-            s = df[col]
-            if isinstance(lit, (int, float)) and not isinstance(lit, bool):
-                s = pd.to_numeric(s, errors="coerce")
-            value = getattr(s, op)(lit).fillna(False).to_numpy(dtype=bool)
-        return value & known, known
+            return f"CAST({_column(a[0])} AS BOOLEAN)"
+        if k == "in":
+            values = ", ".join(_sql_literal(v) for v in a[1])
+            return f"({_column(a[0], a[1][0])} {'NOT IN' if a[2] else 'IN'} ({values}))"
+        op, col, lit = a
+        return f"({_column(col, lit)} {SQL_OPS[op]} {_sql_literal(lit)})"
+
+    def where(self) -> str:
+        """The SQL condition of the rows kept: true only (an unknown result is not kept)."""
+        return f"coalesce({self.sql()}, false)"
+
+    def mask(self, df: pd.DataFrame) -> np.ndarray:
+        """Rows of a small frame that pass, as a boolean array: the same SQL, run by DuckDB on the frame."""
+        import duckdb
+        import pyarrow as pa
+
+        table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+        con = duckdb.connect()
+        try:
+            con.register("frame", table)
+            got = con.execute(f"SELECT {self.where()} FROM frame").fetchall()  # a scan keeps the rows' order
+        finally:
+            con.close()
+        return np.array([bool(v) for v, in got], dtype=bool)
 
     def thresholds(self) -> list[tuple[str, str, float]]:
         """(column, op, number) of every numeric comparison inside: the lines drawn on the card's histograms."""
@@ -112,6 +116,26 @@ class Node:
         if self.kind == "cmp" and isinstance(self.args[2], (int, float)) and not isinstance(self.args[2], bool):
             return [(self.args[1], self.args[0], float(self.args[2]))]
         return []
+
+
+SQL_OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=", "ne": "<>"}
+
+
+def _column(name: str, literal=None) -> str:
+    """A column as the filter reads it: a number compared with a number is a DOUBLE whose NaN is NULL (missing, as
+    the filter has always treated NaN); anything else as it is."""
+    col = '"' + str(name).replace('"', '""') + '"'
+    if isinstance(literal, (int, float)) and not isinstance(literal, bool):
+        return f"nullif(TRY_CAST({col} AS DOUBLE), 'NaN'::DOUBLE)"
+    return col
+
+
+def _sql_literal(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    return repr(float(v)) if isinstance(v, float) else str(int(v))
 
 
 def _paren(node: Node, *kinds: str) -> str:
@@ -124,6 +148,27 @@ def _literal(v) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def kinds_of_sql(types: dict) -> dict[str, str]:
+    """{column: bool | number | text} from DuckDB's column types (DESCRIBE of the manifest)."""
+    out = {}
+    for col, t in types.items():
+        t = str(t).upper()
+        if t == "BOOLEAN":
+            out[col] = "bool"
+        elif re.match(r"(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|FLOAT|DOUBLE|REAL|DECIMAL)", t):
+            out[col] = "number"
+        else:
+            out[col] = "text"
+    return out
+
+
+def column_kinds(columns) -> dict[str, str]:
+    """{column: kind} of a DataFrame (a small frame, tests) or of a mapping already made by `kinds_of_sql`."""
+    if isinstance(columns, pd.DataFrame):
+        return {c: _kind_of(columns[c]) for c in columns.columns}
+    return dict(columns)
 
 
 def _kind_of(s: pd.Series) -> str:
@@ -159,8 +204,8 @@ def nearest_column(name: str, columns) -> str:
 
 
 class _Parser:
-    def __init__(self, text: str, df: pd.DataFrame):
-        self.text, self.df = text, df
+    def __init__(self, text: str, kinds: dict[str, str]):
+        self.text, self.kinds = text, kinds
         self.tokens: list[tuple[str, str, int]] = []
         pos = 0
         while pos < len(text):
@@ -240,9 +285,9 @@ class _Parser:
         if kind == "name" and text.lower() in ("true", "false"):
             return text.lower() == "true", "bool", pos
         if kind == "name" and text.lower() not in KEYWORDS:
-            if text not in self.df.columns:
-                raise self.error(nearest_column(text, self.df.columns), pos)
-            return ("col", text), _kind_of(self.df[text]), pos
+            if text not in self.kinds:
+                raise self.error(nearest_column(text, self.kinds), pos)
+            return ("col", text), self.kinds[text], pos
         raise self.error(f"expected a column, number or quoted text, found {text!r}", pos)
 
     def test(self) -> Node:
@@ -294,9 +339,10 @@ class _Parser:
         return Node("cmp", (op, column, right))
 
 
-def parse_where(text: str, df: pd.DataFrame) -> Node:
-    """The filter as a tree, checked against `df`'s columns; WhereError (one line) when it cannot be used."""
-    return _Parser(text, df).parse()
+def parse_where(text: str, columns) -> Node:
+    """The filter as a tree, checked against the columns (a DataFrame, or {column: kind} from `kinds_of_sql`);
+    WhereError (one line) when it cannot be used."""
+    return _Parser(text, column_kinds(columns)).parse()
 
 
 def steps(node: Node) -> list[Node]:
@@ -306,8 +352,10 @@ def steps(node: Node) -> list[Node]:
     return [node]
 
 
-def parse_keep_top(text: str, df: pd.DataFrame) -> tuple[str, float]:
-    """`--keep-top COL:FRACTION` -> (column, fraction); a usage error when it cannot be used."""
+def parse_keep_top(text: str, columns) -> tuple[str, float]:
+    """`--keep-top COL:FRACTION` -> (column, fraction); a usage error when it cannot be used. `columns`: as for
+    `parse_where`."""
+    kinds = column_kinds(columns)
     col, sep, frac = str(text).rpartition(":")
     try:
         fraction = float(frac)
@@ -315,20 +363,39 @@ def parse_keep_top(text: str, df: pd.DataFrame) -> tuple[str, float]:
         fraction = -1.0
     if not sep or not col or not 0 < fraction <= 1:
         raise WhereError(f"--keep-top {text!r}: write COLUMN:FRACTION with 0 < FRACTION <= 1 (aesthetic:0.8)")
-    if col not in df.columns:
-        raise WhereError(f"--keep-top {text!r}: {nearest_column(col, df.columns)}")
-    if _kind_of(df[col]) != "number":
+    if col not in kinds:
+        raise WhereError(f"--keep-top {text!r}: {nearest_column(col, kinds)}")
+    if kinds[col] != "number":
         raise WhereError(f"--keep-top {text!r}: {col} does not hold numbers")
     return col, fraction
 
 
+def keep_top_sql(con, source: str, column: str, fraction: float) -> tuple[str, float | None]:
+    """The best `fraction` of the rows of relation `source` by `column` (ceil; ties broken by clip_id, so the cut
+    is the same every run) as a SQL query of those rows, and the smallest value kept. Rows without a value (NULL,
+    NaN) are not kept. Two aggregates and a window: DuckDB sorts out of core."""
+    v = _column(column, 0.0)
+    valid = con.execute(f"SELECT count({v}) FROM {source}").fetchall()[0][0]
+    n = int(np.ceil(fraction * valid - 1e-9))
+    sql = (f"SELECT * FROM {source} WHERE {v} IS NOT NULL QUALIFY row_number() OVER "
+           f"(ORDER BY {v} DESC, CAST(clip_id AS VARCHAR) ASC) <= {n}")
+    low = con.execute(f"SELECT min({v}) FROM ({sql})").fetchall()[0][0] if n else None
+    return sql, (float(low) if low is not None else None)
+
+
 def keep_top(df: pd.DataFrame, column: str, fraction: float) -> tuple[np.ndarray, float | None]:
-    """The best `fraction` of the rows by `column` (ceil; ties broken by clip_id, so the cut is the same
-    every run) and the smallest value kept. Rows without a value are not kept."""
-    values = pd.to_numeric(df[column], errors="coerce")
-    valid = values.notna().to_numpy()
-    n = int(np.ceil(fraction * valid.sum() - 1e-9))
-    order = pd.DataFrame({"v": values, "id": df["clip_id"].astype(str).to_numpy()}, index=df.index)[valid]
-    order = order.sort_values(["v", "id"], ascending=[False, True], kind="stable").head(n)
-    mask = df.index.isin(order.index)
-    return mask, (float(order["v"].min()) if n else None)
+    """`keep_top_sql` on a small frame: (mask of the rows kept, the smallest value kept)."""
+    import duckdb
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df.reset_index(drop=True).assign(_pos=np.arange(len(df))), preserve_index=False)
+    con = duckdb.connect()
+    try:
+        con.register("frame", table)
+        sql, low = keep_top_sql(con, "frame", column, fraction)
+        kept = [r for r, in con.execute(f"SELECT _pos FROM ({sql})").fetchall()]
+    finally:
+        con.close()
+    mask = np.zeros(len(df), bool)
+    mask[kept] = True
+    return mask, low

@@ -9,22 +9,18 @@ so the shortest clip's count keeps every clip). The directory path is absolute.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
-
-from ...files import atomic_write_text
+from ... import storage
 from ..names import ASPECTS, aspect_name
-from .base import Context, FormatInfo, common_size, frame_targets, toml_value
+from .base import ClipStats, Context, FormatInfo, toml_value
 from .folder import FolderWriter
+from .musubi import folder_text
 
 
-def diffusion_pipe_toml(index: pd.DataFrame, out_dir: Path) -> str:
-    w, h = common_size(index) if len(index) else (16, 16)
-    names = sorted({aspect_name(a, b) for a, b in zip(index["clip_width"], index["clip_height"])},
-                   key=lambda n: -ASPECTS[n]) if len(index) else ["1:1"]
+def diffusion_pipe_toml(stats: ClipStats, out_dir) -> str:
+    w, h = stats.common_size()
+    names = sorted({aspect_name(a, b) for a, b, _ in stats.sizes}, key=lambda n: -ASPECTS[n]) or ["1:1"]
     ratios = [round(ASPECTS[n], 3) for n in names]
-    frames = sorted({1, *frame_targets(index["clip_num_frames"] if len(index) else [])})
+    frames = sorted({1, *stats.targets()})
     return "\n".join([
         "# diffusion-pipe dataset config written by build-shards from this folder's clips",
         f"# aspect ratios (w:h) of the clips: {', '.join(names)}",
@@ -34,7 +30,7 @@ def diffusion_pipe_toml(index: pd.DataFrame, out_dir: Path) -> str:
         f"frame_buckets = {toml_value(frames)}",
         "",
         "[[directory]]",
-        f"path = {toml_value(str(Path(out_dir).resolve() / 'videos'))}",
+        f"path = {toml_value(folder_text(storage.location(out_dir) / 'videos'))}",
         "num_repeats = 1",
     ]) + "\n"
 
@@ -46,13 +42,12 @@ class DiffusionPipeWriter(FolderWriter):
     def fixed_files(self) -> list[str]:
         return ["metadata.jsonl", "diffusion_pipe_dataset.toml"]
 
-    def write(self, clips: pd.DataFrame, ctx: Context) -> pd.DataFrame:
-        index = super().write(clips, ctx)
-        atomic_write_text(ctx.out_dir / "diffusion_pipe_dataset.toml", diffusion_pipe_toml(index, ctx.out_dir))
-        return index
+    def finish(self, ctx: Context, index: str) -> None:
+        storage.write_text(ctx.out_dir / "diffusion_pipe_dataset.toml",
+                           diffusion_pipe_toml(ClipStats.of(ctx.con, index), ctx.out_dir))
 
-    def describe(self, index: pd.DataFrame, out_dir: Path) -> FormatInfo:
-        info = super().describe(index, out_dir)
+    def describe(self, clips: int, files: list, out_dir) -> FormatInfo:
+        info = super().describe(clips, files, out_dir)
         info.text += (" `diffusion_pipe_dataset.toml` is a diffusion-pipe dataset config for these files: "
                       "resolution, aspect-ratio buckets and frame buckets chosen from the clips.")
         info.read = ("```toml\n# in diffusion-pipe's training config\n"

@@ -7,12 +7,9 @@ line per clip. The clip options (--fps, --frames-4k1, --side-multiple) make the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from ...files import atomic_write_text
-from .base import Context, FormatInfo, Writer
+from .base import Context, FormatInfo, TextOut, Writer
 
 READ = """```bash
 # two-file layout
@@ -35,19 +32,25 @@ class FinetrainersWriter(Writer):
     def fixed_files(self) -> list[str]:
         return ["prompt.txt", "videos.txt", "metadata.csv"]
 
-    def write(self, clips: pd.DataFrame, ctx: Context) -> pd.DataFrame:
-        index = self.place_clips(clips.sort_values("key", kind="stable"), ctx, captions=False)
-        captions = [one_line(c) for c in index["caption"]]
-        atomic_write_text(ctx.out_dir / "prompt.txt", "".join(c + "\n" for c in captions))
-        atomic_write_text(ctx.out_dir / "videos.txt", "".join(f + "\n" for f in index["file"]))
-        csv = pd.DataFrame({"file_name": index["file"].to_numpy(), "caption": captions})
-        atomic_write_text(ctx.out_dir / "metadata.csv", csv.to_csv(index=False))
-        return index
+    def write(self, ctx: Context):
+        with TextOut(ctx.out_dir / "prompt.txt") as prompts, TextOut(ctx.out_dir / "videos.txt") as videos, \
+                TextOut(ctx.out_dir / "metadata.csv") as csv:
+            first = True
+            for batch in ctx.rows("key"):
+                index = self.place_clips(ctx, batch, captions=False)
+                captions = [one_line(c) for c in index.column("caption").to_pylist()]
+                files = index.column("file").to_pylist()
+                prompts.write("".join(c + "\n" for c in captions))
+                videos.write("".join(f + "\n" for f in files))
+                csv.write(pd.DataFrame({"file_name": files, "caption": captions}).to_csv(index=False, header=first))
+                first = False
+                yield index
+            if first:  # no clip: the CSV still has its header
+                csv.write(pd.DataFrame({"file_name": [], "caption": []}).to_csv(index=False))
 
-    def describe(self, index: pd.DataFrame, out_dir: Path) -> FormatInfo:
+    def describe(self, clips: int, files: list, out_dir) -> FormatInfo:
         return FormatInfo(
             text="finetrainers' layouts: `videos/` with one mp4 per clip, `prompt.txt` and `videos.txt` (line k "
                  "of each belongs to the same clip, paths relative to this folder), and `metadata.csv` "
                  "(`file_name`, `caption`) for its folder loader.",
-            read=READ, data_files=["videos/*.mp4", "metadata.csv"], files=self.files(index),
-            totals=[("clip files", len(index))])
+            read=READ, data_files=["videos/*.mp4", "metadata.csv"], files=files, totals=[("clip files", clips)])

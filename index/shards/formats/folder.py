@@ -9,12 +9,8 @@ read: `load_dataset("videofolder", data_dir=FOLDER)` gives one row per clip with
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pandas as pd
-
-from ...files import atomic_write_text
-from .base import Context, FormatInfo, Writer, json_value
+from .base import Context, FormatInfo, TextOut, Writer, json_value
 
 READ = """```python
 from datasets import load_dataset, Video
@@ -23,12 +19,9 @@ ds = ds.cast_column("video", Video(decode=False))  # {"path": ...}; decoding nee
 ```"""
 
 
-def metadata_lines(index: pd.DataFrame, ctx: Context) -> str:
-    lines = []
-    for row in index.to_dict("records"):
-        rec = {"file_name": row["file"], "caption": row["caption"], **ctx.record(row)}
-        lines.append(json.dumps({k: json_value(v) for k, v in rec.items()}, ensure_ascii=False))
-    return "".join(line + "\n" for line in lines)
+def metadata_line(row: dict, ctx: Context) -> str:
+    rec = {"file_name": row["file"], "caption": row["caption"], **ctx.record(row)}
+    return json.dumps({k: json_value(v) for k, v in rec.items()}, ensure_ascii=False) + "\n"
 
 
 class FolderWriter(Writer):
@@ -38,18 +31,20 @@ class FolderWriter(Writer):
     def fixed_files(self) -> list[str]:
         return ["metadata.jsonl"]
 
-    def write(self, clips: pd.DataFrame, ctx: Context) -> pd.DataFrame:
-        index = self.place_clips(clips.sort_values("key", kind="stable"), ctx, captions=True)
-        atomic_write_text(ctx.out_dir / "metadata.jsonl", metadata_lines(index, ctx))
-        return index
+    def write(self, ctx: Context):
+        with TextOut(ctx.out_dir / "metadata.jsonl") as meta:
+            for batch in ctx.rows("key"):
+                index = self.place_clips(ctx, batch, captions=True)
+                for row in index.to_pylist():
+                    meta.write(metadata_line(row, ctx))
+                yield index
 
-    def files(self, index: pd.DataFrame) -> list[str]:
-        return self.files_with_captions(index)
+    def files(self, con, index: str) -> list[str]:
+        return self.files_with_captions(con, index)
 
-    def describe(self, index: pd.DataFrame, out_dir: Path) -> FormatInfo:
+    def describe(self, clips: int, files: list, out_dir) -> FormatInfo:
         return FormatInfo(
             text="One mp4 per clip in `videos/`, its caption beside it in a `.txt` file of the same name, and "
                  "`metadata.jsonl` (`file_name`, `caption` and every manifest column, scores included) for the "
                  "Hugging Face `datasets` folder builder.",
-            read=READ, data_files=["videos/*.mp4", "metadata.jsonl"], files=self.files(index),
-            totals=[("clip files", len(index))])
+            read=READ, data_files=["videos/*.mp4", "metadata.jsonl"], files=files, totals=[("clip files", clips)])

@@ -9,23 +9,24 @@ Paths are absolute (musubi reads them from where it runs); the cache goes to `mu
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
-
-from ...files import atomic_write_text
-from .base import Context, FormatInfo, common_size, frame_targets, toml_value
+from ... import storage
+from .base import ClipStats, Context, FormatInfo, toml_value
 from .folder import FolderWriter
 
 
-def musubi_toml(index: pd.DataFrame, out_dir: Path) -> str:
-    w, h = common_size(index) if len(index) else (16, 16)
-    targets = frame_targets(index["clip_num_frames"]) if len(index) else [1]
-    fps = sorted(set(index["clip_fps"].round(3))) if len(index) else []
-    root = Path(out_dir).resolve()
+def folder_text(loc) -> str:
+    """A folder as a config names it: an absolute path, or the URL."""
+    return storage.text(loc) if storage.is_remote(loc) else str(loc.resolve())
+
+
+def musubi_toml(stats: ClipStats, out_dir) -> str:
+    w, h = stats.common_size()
+    targets = stats.targets()
+    fps = stats.fps
+    root = storage.location(out_dir)
     lines = [
         "# musubi-tuner dataset config written by build-shards from this folder's clips",
-        f"# clip sizes: {_sizes(index)}; frame counts {_range(index['clip_num_frames'])}; fps {_list(fps)}",
+        f"# clip sizes: {_sizes(stats)}; frame counts {_range(stats)}; fps {_list(fps)}",
         "[general]",
         f"resolution = {toml_value([w, h])}",
         'caption_extension = ".txt"',
@@ -34,8 +35,8 @@ def musubi_toml(index: pd.DataFrame, out_dir: Path) -> str:
         "bucket_no_upscale = true",
         "",
         "[[datasets]]",
-        f"video_directory = {toml_value(str(root / 'videos'))}",
-        f"cache_directory = {toml_value(str(root / 'musubi_cache'))}",
+        f"video_directory = {toml_value(folder_text(root / 'videos'))}",
+        f"cache_directory = {toml_value(folder_text(root / 'musubi_cache'))}",
         f"target_frames = {toml_value(targets)}",
         'frame_extraction = "head"',
     ]
@@ -45,15 +46,12 @@ def musubi_toml(index: pd.DataFrame, out_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sizes(index: pd.DataFrame) -> str:
-    if not len(index):
-        return "none"
-    counts = (index["clip_width"].astype(str) + "x" + index["clip_height"].astype(str)).value_counts()
-    return ", ".join(f"{s} ({n})" for s, n in counts.head(6).items())
+def _sizes(stats: ClipStats) -> str:
+    return ", ".join(f"{w}x{h} ({n})" for w, h, n in stats.sizes[:6]) or "none"
 
 
-def _range(s: pd.Series) -> str:
-    return f"{int(s.min())}-{int(s.max())}" if len(s) else "none"
+def _range(stats: ClipStats) -> str:
+    return f"{int(stats.frames[0])}-{int(stats.frames[2])}" if stats.clips else "none"
 
 
 def _list(values) -> str:
@@ -67,13 +65,11 @@ class MusubiWriter(FolderWriter):
     def fixed_files(self) -> list[str]:
         return ["metadata.jsonl", "musubi_dataset.toml"]
 
-    def write(self, clips: pd.DataFrame, ctx: Context) -> pd.DataFrame:
-        index = super().write(clips, ctx)
-        atomic_write_text(ctx.out_dir / "musubi_dataset.toml", musubi_toml(index, ctx.out_dir))
-        return index
+    def finish(self, ctx: Context, index: str) -> None:
+        storage.write_text(ctx.out_dir / "musubi_dataset.toml", musubi_toml(ClipStats.of(ctx.con, index), ctx.out_dir))
 
-    def describe(self, index: pd.DataFrame, out_dir: Path) -> FormatInfo:
-        info = super().describe(index, out_dir)
+    def describe(self, clips: int, files: list, out_dir) -> FormatInfo:
+        info = super().describe(clips, files, out_dir)
         info.text += (" `musubi_dataset.toml` is a musubi-tuner dataset config for these files: resolution and "
                       "`target_frames` (4k+1) chosen from the clips' own sizes and lengths.")
         info.read = ("```bash\npython src/musubi_tuner/wan_cache_latents.py --dataset_config "
