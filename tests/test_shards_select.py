@@ -155,3 +155,23 @@ def test_histograms_span_the_data_and_count_in_whole_clips():
     assert ax.get_yscale() == "linear"
     assert all(float(t).is_integer() for t in ax.get_yticks()) and all(float(t).is_integer() for t in ax.get_xticks())
     _plt().close(fig)
+
+
+def test_a_rewritten_card_keeps_the_compute_section_plan_wrote(source, tmp_path):
+    from pathlib import Path
+
+    from index.shards.card import COMPUTE_END, COMPUTE_START
+
+    plan_py = (Path(__file__).resolve().parents[1] / "plan.py").read_text()
+    assert f'"{COMPUTE_START}", "{COMPUTE_END}"' in plan_py  # the markers `plan --card` writes
+    data, _ = source
+    out = tmp_path / "out"
+    args = [str(data["manifest"]), "-o", str(out), "--no-dedup", "--format", "folder"]
+    assert shards_main([*args, "--name", "first"]) == 0
+    card = out / "DATA_CARD.md"
+    assert COMPUTE_START not in card.read_text()
+    section = f"{COMPUTE_START}\n## Compute\n\n| config | GPU-hours |\n|---|---|\n| stage1 | 12.5 |\n\n{COMPUTE_END}"
+    card.write_text(card.read_text().rstrip("\n") + "\n\n" + section + "\n")  # as plan --card appends it
+    assert shards_main([*args, "--name", "second"]) == 0
+    text = card.read_text()
+    assert "pretty_name: second" in text and text.count(COMPUTE_START) == 1 and section in text

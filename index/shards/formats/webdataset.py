@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from ... import query, storage
 from ...files import temp_name
-from .base import Context, FormatInfo, Writer, index_rows, row_json
+from .base import Context, FormatInfo, Writer, index_rows, regular_files, row_json
 
 EXTRA = 2048  # bytes a sample adds besides its mp4: two tar headers, padding and the JSON (for the plan)
 
@@ -106,12 +106,11 @@ class WebDatasetWriter(Writer):
 
     def held(self, ctx: Context) -> pa.Table:
         """Clips in our readable shards: key, size, the shard and the member's data offset (regular files only)."""
-        present = storage.listing(ctx.out_dir)
+        present = regular_files(ctx.out_dir)
         cols = {"key": [], "size": [], "shard": [], "offset": []}
         seen = set()
         for name in sorted(f for f in ctx.own if f.endswith(".tar") and "/" not in f):
-            info = present.get(name)
-            if info is None or info.get("type") != "file" or os.path.islink(os.fspath(ctx.out_dir / name)):
+            if name not in present:
                 continue
             for m in _members(ctx.out_dir / name) or ():
                 if m.isfile() and m.name.endswith(".mp4") and m.name[:-4] not in seen:
