@@ -392,3 +392,34 @@ def test_page_at_10000_clips(browser, tmp_path):
     assert sorted(tile_ids(page)) == sorted(want["clip_id"].iloc[(pages - 1) * 24:])  # input order: the last ones
     assert page.locator(".pager .next >> nth=0").is_disabled()
     assert errors == []
+
+
+def test_a_large_input_is_sampled_the_same_way_every_run(built, tmp_path, capsys):
+    index = pd.read_parquet(built["shards"] / "index.parquet")
+    runs = []
+    for k in range(2):
+        assert main([str(built["shards"]), "-o", str(tmp_path / f"r{k}"), "--no-previews", "--sample", "3"]) == 0
+        d = read_data(tmp_path / f"r{k}")
+        runs.append([d["id"][i] for i in range(d["n"]) if not d["extra"][i]])
+        assert f"a sample of 3 of the input's {len(index)} rows" in capsys.readouterr().err
+        assert d["input_rows"] == len(index) > 3
+    assert runs[0] == runs[1] and len(runs[0]) == 3
+    order = list(index["clip_id"])
+    assert runs[0] == sorted(runs[0], key=order.index)  # shown in input order
+
+
+def test_shards_on_a_bucket_give_the_same_page_and_previews(built, s3, tmp_path):
+    from index import storage
+
+    remote = f"{s3}/shards"
+    for p in [built["shards"] / "index.parquet", built["shards"] / "failed.jsonl", *built["shards"].glob("*.tar")]:
+        storage.write_bytes(f"{remote}/{p.name}", p.read_bytes())
+    assert main([remote, "-o", str(tmp_path / "r"), "--index", str(built["shards"] / "index")]) == 0
+    mine, theirs = read_data(built["out"]), read_data(tmp_path / "r")
+    for key in ("id", "caption", "shard", "dup", "keep", "dropped", "num"):
+        assert mine[key] == theirs[key], key
+    got = sorted(p.name for p in (tmp_path / "r" / "previews").glob("*.webp"))
+    assert got == sorted(p.name for p in (built["out"] / "previews").glob("*.webp")) and got
+    for name in got:  # decoded from the members read off the bucket: the same frames
+        a, b = webp_frames(built["out"] / "previews" / name), webp_frames(tmp_path / "r" / "previews" / name)
+        assert len(a) == len(b) and np.abs(a[0].astype(int) - b[0].astype(int)).mean() < 1

@@ -1,8 +1,8 @@
 """`review-clips DIR -o review/`: a static page to look at a clip set before training on it.
 
 DIR is a shards folder from build-shards (index.parquet, failed.jsonl, *.tar), a manifest folder (clips.parquet
-from split-videos, caption-videos or index-clips) or a manifest file. The page opens from disk (file://), offline,
-without a server or a build step:
+from split-videos, caption-videos or index-clips) or a manifest file, on disk or at a URL (s3://...: the shards'
+members are read by ranged reads). The page opens from disk (file://), offline, without a server or a build step:
 
   review/index.html     the page; app.js and style.css beside it (plain JavaScript, from review_page/)
   review/data.js        every clip's caption, flags, scores and source, as columns (`window.REVIEW = {...}`: a
@@ -10,12 +10,17 @@ without a server or a build step:
   review/previews/      one looping animated WebP per clip (at most --preview-kb), loaded as its tile scrolls in
   review/failed.jsonl   clips whose preview could not be made, with the reason
 
+The page holds at most --sample clips (default 20,000): a larger input is sampled by DuckDB as it streams the
+rows (the clips whose md5(clip_id) is smallest, the same ones every run, shown in input order), so neither the
+command nor the page holds a whole corpus; the page says how many rows the input had.
+
 In the page: tiles in pages, sorted and filtered by any score, flag or category; a threshold pair per numeric
 column saying how many clips and hours remain with it alone (and all together, as a pandas query); duplicate
 groups side by side with the clip kept marked; the failures with their reasons.
 
 Duplicates: the dedup index (INDEX_DIR/clips.parquet from index-clips: --index, or DIR/index when present) adds
-the dropped members of each duplicate group that has a clip on the page. Their previews come from the source
+the dropped members of each duplicate group that has a clip on the page (found by a join: the index's other rows
+are not read). Their previews come from the source
 videos (video_path, start_frame..end_frame).
 
 Previews: one sequential decode per source (a shard's mp4 member, read at its `offset` when index.parquet records
@@ -27,6 +32,7 @@ are deleted: they are this command's own files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -38,7 +44,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from .. import query, storage
 from ..engine import BadInput, Interrupted, Output, Stage, Unit, add_engine_args, options_from_args, run_stage
 from ..files import OutputLock, atomic_write_bytes, atomic_write_text, command_line, remove_own_temps
 from ..manifest import failure, read_failed, run_cli, write_failed
@@ -57,6 +65,7 @@ HIDDEN = {"start_frame", "end_frame", "start_sec", "end_sec", "dup_group", "keep
 TEXT = {"clip_id", "key", "file", "video_path", "video_sha256", "caption", "caption_flags", "clip_path",
         "frame_times", "shard", "x_frame_hash"}
 MAX_CATEGORIES = 50
+SAMPLE = 20_000
 
 
 class ReviewError(ValueError):
@@ -65,41 +74,68 @@ class ReviewError(ValueError):
 
 # ---------------------------------------------------------------- input
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _sample_sql(src: str, order: str, total: int, sample: int | None, where: str = "true") -> str:
+    """Rows of relation `src` in input order (`order`), at most `sample` of them: those of smallest md5(clip_id)."""
+    sql = f"SELECT *, row_number() OVER (ORDER BY {order}) AS _o FROM {src} WHERE {where}"
+    if sample is not None and total > sample:
+        sql = (f"SELECT * FROM ({sql}) QUALIFY row_number() OVER (ORDER BY md5(CAST(clip_id AS VARCHAR)), _o) "
+               f"<= {int(sample)}")
+    return f"SELECT * EXCLUDE (_o) FROM ({sql}) ORDER BY _o"
+
+
+def _read_table(path, sample: int | None = None, where: str = "true", con=None) -> tuple[pd.DataFrame, int]:
+    """(rows of the table, at most `sample` of them, matching `where`; how many rows it has), read by DuckDB."""
+    from ..manifest import manifest_files
+
+    loc = storage.location(path)
     try:
-        if path.suffix.lower() == ".jsonl":
-            df = pd.read_json(path, lines=True)
-        elif path.suffix.lower() == ".csv":
-            df = pd.read_csv(path)
-        else:
-            df = pd.read_parquet(path)
-    except (ValueError, OSError, ImportError) as e:
+        with contextlib.ExitStack() as stack:
+            if con is None:
+                con = stack.enter_context(query.connect())
+            if loc.suffix.lower() in (".jsonl", ".csv"):
+                with storage.open_read(loc) as f:
+                    small = pd.read_json(f, lines=True) if loc.suffix.lower() == ".jsonl" else pd.read_csv(f)
+                query.arrow(con, "_review_small", pa.Table.from_pandas(small, preserve_index=False))
+                src, order, extra = "_review_small", "rowid", ""
+            else:
+                src = query.files_sql(con, manifest_files(loc), order=True)
+                order, extra = "filename, file_row_number", " EXCLUDE (filename, file_row_number)"
+            names = query.names_of(con, f"SELECT * FROM {src}")
+            if "clip_id" not in names:
+                raise ReviewError(f"{path}: no clip_id column; give a shards folder or a manifest")
+            total = int(query.scalar(con, f"SELECT count(*) FROM {src} WHERE {where}"))
+            table = con.sql(f"SELECT *{extra} FROM ({_sample_sql(src, order, total, sample, where)})").arrow()
+            df = table.read_all().to_pandas()
+    except ReviewError:
+        raise
+    except Exception as e:  # pyarrow, pandas and DuckDB raise many types for a malformed file
         raise ReviewError(f"{path}: not a readable table ({' '.join(str(e).split())[:160]})") from None
-    if "clip_id" not in df:
-        raise ReviewError(f"{path}: no clip_id column; give a shards folder or a manifest")
-    return df.reset_index(drop=True)
+    return df.reset_index(drop=True), total
 
 
-def open_input(path, index=None) -> tuple[str, pd.DataFrame, list[dict], Path | None]:
-    """(kind 'shards' or 'manifest', its rows, its failures, the dedup index folder or None)."""
-    path = Path(path)
-    if path.is_dir() and (path / "index.parquet").is_file():
-        kind, table = "shards", path / "index.parquet"
-    elif path.is_dir() and (path / "clips.parquet").is_file():
-        kind, table = "manifest", path / "clips.parquet"
-    elif path.is_file() and path.suffix.lower() in (".parquet", ".jsonl", ".csv"):
-        kind, table = "manifest", path
-    elif path.exists():
+def open_input(path, index=None, sample: int | None = SAMPLE) -> tuple[str, pd.DataFrame, list[dict], object]:
+    """(kind 'shards' or 'manifest', its rows (a sample of at most `sample`), its failures, the dedup index folder
+    or None); the rows' count in the input is `df.attrs["rows"]`."""
+    loc = storage.location(path)
+    is_dir = storage.is_dir(loc)
+    if is_dir and storage.is_file(loc / "index.parquet"):
+        kind, table = "shards", loc / "index.parquet"
+    elif is_dir and storage.exists(loc / "clips.parquet"):
+        kind, table = "manifest", loc / "clips.parquet"
+    elif not is_dir and storage.is_file(loc) and loc.suffix.lower() in (".parquet", ".jsonl", ".csv"):
+        kind, table = "manifest", loc
+    elif storage.exists(loc):
         raise ReviewError(f"{path}: not a shards folder (index.parquet) or a manifest (clips.parquet, .jsonl, .csv)")
     else:
         raise ReviewError(f"{path}: no such folder or file")
     if index is not None:
-        index_dir = Path(index)
-        if not (index_dir / "clips.parquet").is_file():
+        index_dir = storage.location(index)
+        if not storage.exists(index_dir / "clips.parquet"):
             raise ReviewError(f"{index_dir}: not an index folder (no clips.parquet); run index-clips first")
     else:
-        index_dir = path / "index" if path.is_dir() and (path / "index" / "clips.parquet").is_file() else None
-    df = _read_table(table)
+        index_dir = loc / "index" if is_dir and storage.exists(loc / "index" / "clips.parquet") else None
+    df, total = _read_table(table, sample)
+    df.attrs["rows"] = total
     try:
         failures = [{**f, "from": kind} for f in read_failed(table.parent)]
         if index_dir is not None:
@@ -109,14 +145,27 @@ def open_input(path, index=None) -> tuple[str, pd.DataFrame, list[dict], Path | 
     return kind, df, failures, index_dir
 
 
-def with_duplicates(df: pd.DataFrame, kind: str, index_dir: Path | None) -> pd.DataFrame:
+def with_duplicates(df: pd.DataFrame, kind: str, index_dir) -> pd.DataFrame:
     """The page's rows: the input's, then the index's other members of their duplicate groups (`extra`).
-    `dropped`: not part of the clip set (an extra, or keep=False in a manifest); `sim`: similarity to the one kept."""
+    `dropped`: not part of the clip set (an extra, or keep=False in a manifest); `sim`: similarity to the one kept.
+    Only the index rows of the page's clips and of their groups are read (a join in DuckDB)."""
+    rows = df.attrs.get("rows", len(df))
     df = df.assign(extra=False)
     if index_dir is not None:
-        idx = _read_table(index_dir / "clips.parquet")
-        if "dup_group" not in idx or "keep" not in idx:
-            raise ReviewError(f"{index_dir / 'clips.parquet'}: has no dedup columns; re-run index-clips")
+        with query.connect() as con:
+            query.arrow(con, "_page_ids", pa.table({"clip_id": pa.array(df["clip_id"].astype(str).tolist(),
+                                                                          pa.string())}))
+            clips = storage.location(index_dir) / "clips.parquet"
+            from ..manifest import manifest_files
+
+            src = query.files_sql(con, manifest_files(clips))
+            names = query.names_of(con, f"SELECT * FROM {src}")
+            if "dup_group" not in names or "keep" not in names:
+                raise ReviewError(f"{clips}: has no dedup columns; re-run index-clips")
+            where = ("CAST(clip_id AS VARCHAR) IN (SELECT clip_id FROM _page_ids) OR (dup_group >= 0 AND dup_group "
+                     f"IN (SELECT dup_group FROM {src} WHERE CAST(clip_id AS VARCHAR) IN (SELECT clip_id FROM "
+                     "_page_ids)))")
+            idx, _ = _read_table(clips, None, where, con)
         on = ["clip_id", "video_path"] if "video_path" in df and "video_path" in idx else ["clip_id"]
         idx = idx.drop_duplicates(on).assign(extra=True)
         df = df.drop(columns=[c for c in ("dup_group", "keep") if c in df]).merge(
@@ -133,13 +182,19 @@ def with_duplicates(df: pd.DataFrame, kind: str, index_dir: Path | None) -> pd.D
         df["dup_group"] = -1
     df["dup_group"] = pd.to_numeric(df["dup_group"], errors="coerce").fillna(-1).astype(int)
     df["sim"] = np.nan
-    pairs = index_dir / "pairs.parquet" if index_dir is not None else None
-    if pairs is not None and pairs.is_file() and (df["dup_group"] >= 0).any():
-        p = pd.read_parquet(pairs)
+    pairs = storage.location(index_dir) / "pairs.parquet" if index_dir is not None else None
+    if pairs is not None and storage.is_file(pairs) and (df["dup_group"] >= 0).any():
+        grouped = df.loc[df["dup_group"] >= 0, "clip_id"].astype(str).tolist()
+        with query.connect() as con:
+            query.arrow(con, "_grouped", pa.table({"clip_id": pa.array(grouped, pa.string())}))
+            p = con.sql(f"SELECT clip_id_a, clip_id_b, similarity FROM {query.files_sql(con, [pairs])} WHERE "
+                        "CAST(clip_id_a AS VARCHAR) IN (SELECT clip_id FROM _grouped) OR "
+                        "CAST(clip_id_b AS VARCHAR) IN (SELECT clip_id FROM _grouped)").arrow().read_all().to_pandas()
         sim = {frozenset((a, b)): s for a, b, s in zip(p["clip_id_a"], p["clip_id_b"], p["similarity"])}
         kept = df[(df["dup_group"] >= 0) & df["keep"]].drop_duplicates("dup_group").set_index("dup_group")["clip_id"]
         df["sim"] = [sim.get(frozenset((c, kept.get(g))), np.nan) if g >= 0 and not k else np.nan
                      for c, g, k in zip(df["clip_id"], df["dup_group"], df["keep"])]
+    df.attrs["rows"] = rows
     return df
 
 
@@ -213,7 +268,7 @@ class Previews(Stage):
         """(name, (frames, rate)) per clip of one shard, or (name, reason); a clip member is read at its offset
         when the index gives one that holds an mp4, else found in the tar."""
         members = None
-        with open(d["tar"], "rb") as f:
+        with storage.open_read(d["tar"]) as f:  # a URL: ranged reads of the members asked for
             for name, key, offset, size, n, sec, wh in d["items"]:
                 data = b""
                 if offset is not None and size:
@@ -228,7 +283,7 @@ class Previews(Stage):
                         except tarfile.TarError as e:
                             raise BadInput(f"not a readable tar ({e})") from None
                     if f"{key}.mp4" not in members:
-                        yield name, f"no {key}.mp4 in {Path(d['tar']).name}"
+                        yield name, f"no {key}.mp4 in {storage.location(d['tar']).name}"
                         continue
                     f.seek(members[f"{key}.mp4"][0])
                     data = f.read(members[f"{key}.mp4"][1])
@@ -280,8 +335,10 @@ def _seconds(r: dict) -> float:
     return sec if sec > 0 else 2.0
 
 
-def preview_units(df: pd.DataFrame, folder: Path, shards_dir: Path | None, box: int) -> tuple[list[Unit], list]:
+def preview_units(df: pd.DataFrame, folder: Path, shards_dir, box: int) -> tuple[list[Unit], list]:
     """Units for the rows whose preview is missing, and (name, path, reason) for rows that have no source."""
+    shard_files = ({n for n, i in storage.listing(shards_dir).items() if i.get("type") == "file"}
+                   if shards_dir is not None else set())  # one listing, not a request per shard
     tars: dict[str, list] = {}
     videos: dict[str, list] = {}
     sizes: dict[str, tuple] = {}
@@ -294,7 +351,7 @@ def preview_units(df: pd.DataFrame, folder: Path, shards_dir: Path | None, box: 
         wh = (_num(r, "width"), _num(r, "height"))
         tar = shards_dir / str(r["shard"]) if shards_dir is not None and not r["extra"] and r.get("shard") else None
         start, end, n = _num(r, "start_frame"), _num(r, "end_frame"), _num(r, "num_frames")
-        if tar is not None and tar.is_file() and n:
+        if tar is not None and tar.name in shard_files and n:
             offset, size = _num(r, "offset"), _num(r, "size")
             tars.setdefault(str(tar), []).append((name, r.get("key") or safe_key(r["clip_id"]),
                                                   None if offset is None else int(offset), int(size or 0), int(n),
@@ -312,7 +369,7 @@ def preview_units(df: pd.DataFrame, folder: Path, shards_dir: Path | None, box: 
     return units, nosource
 
 
-def make_previews(df: pd.DataFrame, out: Path, settings: dict, shards_dir: Path | None, engine) -> list:
+def make_previews(df: pd.DataFrame, out: Path, settings: dict, shards_dir, engine) -> list:
     """Write the missing previews; returns the failures as (record, names). Removes our stale previews."""
     folder = out / "previews"
     folder.mkdir(parents=True, exist_ok=True)
@@ -407,11 +464,11 @@ def page_data(df: pd.DataFrame, meta: dict, failures: list[dict], previews: set,
 
 
 def write_review(src, out, index=None, previews: dict | None = None, engine=None, title: str | None = None,
-                 page_size: int = 48, opened: tuple | None = None) -> dict:
+                 page_size: int = 48, opened: tuple | None = None, sample: int | None = SAMPLE) -> dict:
     """The whole command on a shards folder or manifest `src`; `previews`: {box, frames, kb} or None for none;
-    `opened`: what `open_input(src, index)` returned, when the caller has it already."""
+    `opened`: what `open_input(src, index, sample)` returned, when the caller has it already."""
     out = Path(out)
-    kind, table, failures, index_dir = opened or open_input(src, index)
+    kind, table, failures, index_dir = opened or open_input(src, index, sample)
     df = with_duplicates(table, kind, index_dir)
     if "start_sec" in df and "end_sec" in df:
         df["duration"] = pd.to_numeric(df["end_sec"], errors="coerce") - pd.to_numeric(df["start_sec"], errors="coerce")
@@ -422,12 +479,16 @@ def write_review(src, out, index=None, previews: dict | None = None, engine=None
     remove_own_temps(out)
     fails = []
     if previews is not None:
-        fails = make_previews(df, out, {"format": "webp", **previews}, Path(src) if kind == "shards" else None, engine)
+        fails = make_previews(df, out, {"format": "webp", **previews},
+                              storage.location(src) if kind == "shards" else None, engine)
     write_failed(out, [rec for rec, _ in fails])
     have = {p.stem for p in (out / "previews").glob("*.webp")} if (out / "previews").is_dir() else set()
     reasons = {n: rec["reason"].removeprefix(f"clip {n}: ") for rec, names in fails for n in names}
-    meta = {"title": title or f"review: {Path(src).resolve().name}", "kind": kind, "input": str(src),
-            "index": str(index_dir) if index_dir is not None else None, "page_size": int(page_size)}
+    loc = storage.location(src)
+    name = loc.name if storage.is_remote(loc) else Path(loc).resolve().name
+    meta = {"title": title or f"review: {name}", "kind": kind, "input": str(src),
+            "index": str(index_dir) if index_dir is not None else None, "page_size": int(page_size),
+            "input_rows": int(table.attrs.get("rows", len(table)))}
     failures = failures + [{**rec, "from": STAGE} for rec, _ in fails]
     data = page_data(df, meta, failures, have, reasons)
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -439,6 +500,7 @@ def write_review(src, out, index=None, previews: dict | None = None, engine=None
             "hours": float(df.loc[in_set, "duration"].sum() / 3600) if "duration" in df else 0.0,
             "groups": int((df.loc[df["dup_group"] >= 0, "dup_group"].value_counts() > 1).sum()),
             "failures": len(failures),
+            "input_rows": meta["input_rows"], "shown": int((~df["extra"]).sum()),
             "previews": sum(1 for n in df["name"].unique() if n in have),
             "no_preview": sum(1 for n in df["name"].unique() if n not in have)}
 
@@ -455,6 +517,8 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: DIR/index when it holds clips.parquet)")
     ap.add_argument("--title", default=None, help="page title (default: 'review: ' + the folder name)")
     ap.add_argument("--page-size", type=int, default=48, help="tiles per page")
+    ap.add_argument("--sample", type=int, default=SAMPLE, help="most clips on the page: a larger input is sampled "
+                                                                "(the same clips every run), shown in input order")
     ap.add_argument("--preview-px", type=int, default=192, help="previews fit in a square of this many pixels")
     ap.add_argument("--preview-frames", type=int, default=16, help="frames per preview, spread over the clip")
     ap.add_argument("--preview-kb", type=int, default=50, help="size budget per preview (lower quality and "
@@ -470,15 +534,17 @@ def _main(argv=None) -> int:
     try:
         for name, value, lo, hi in (("--page-size", args.page_size, 1, 1000), ("--preview-px", args.preview_px, 32,
                                     1024), ("--preview-frames", args.preview_frames, 1, 64),
-                                    ("--preview-kb", args.preview_kb, 4, 10_000)):
+                                    ("--preview-kb", args.preview_kb, 4, 10_000), ("--sample", args.sample, 1,
+                                                                                   10_000_000)):
             if not lo <= value <= hi:
                 raise ReviewError(f"{name} must be between {lo} and {hi}, not {value}")
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ReviewError(f"{args.out}: exists and is not a folder")
-        opened = open_input(args.dir, args.index)  # usage errors before any work
-        src = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
+        opened = open_input(args.dir, args.index, args.sample)  # usage errors before any work
+        src = storage.location(args.dir)
+        src = src if storage.is_dir(src) else src.parent
         for folder in (src, opened[3]):
-            if folder is not None and Path(args.out).resolve() == folder.resolve():
+            if folder is not None and not storage.is_remote(folder) and Path(args.out).resolve() == folder.resolve():
                 raise ReviewError(f"{args.out}: is an input folder (its failed.jsonl would be replaced); write the "
                                   "page to a folder of its own")
         engine = options_from_args(args)
@@ -490,15 +556,18 @@ def _main(argv=None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     with OutputLock(args.out, command_line(), "review-clips"):
         try:
-            rep = write_review(args.dir, args.out, args.index, previews, engine, args.title, args.page_size, opened)
+            rep = write_review(args.dir, args.out, args.index, previews, engine, args.title, args.page_size, opened,
+                               args.sample)
         except ReviewError as e:
             print(f"review-clips: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
     hours = f"{rep['hours']:.2f} h" if rep["hours"] >= 1 else f"{rep['hours'] * 60:.1f} min"
     made = "none made (--no-previews)" if previews is None else \
         f"{rep['previews']}, none for {rep['no_preview']} (see failed.jsonl)"
-    print(f"{rep['clips']} clips ({hours}), {rep['groups']} duplicate groups, {rep['failures']} failures listed; "
-          f"previews: {made}", file=sys.stderr)
+    sampled = (f" (a sample of {rep['shown']} of the input's {rep['input_rows']} rows: --sample)"
+               if rep["input_rows"] > rep["shown"] else "")
+    print(f"{rep['clips']} clips ({hours}){sampled}, {rep['groups']} duplicate groups, {rep['failures']} failures "
+          f"listed; previews: {made}", file=sys.stderr)
     print(rep["page"])
     return 0
 
