@@ -53,6 +53,7 @@ _SPANS = pa.schema([("seq", pa.int64()), ("row", pa.int64()), ("where", pa.strin
                     ("start", pa.float64()), ("end", pa.float64()), ("cut", pa.string()),
                     ("captions", pa.string()), ("meta", pa.string())])
 _CUT = {True: "yes", False: "no", None: "auto"}
+_IDENTITY = ("type", "size", "ETag", "etag", "md5Hash", "LastModified", "mtime")  # what index.storage.remote_identity reads
 
 
 # ---------------------------------------------------------------- spans -> frames
@@ -337,7 +338,8 @@ def pair(con, importer, videos, out, pattern: str | None) -> None:
             continue
         rel = str(loc)[len(str(videos)):].lstrip("/") if remote else loc.relative_to(videos).as_posix()
         buf.append({"rel": rel, "stem": loc.name[:-len(loc.suffix)], "video": str(loc),
-                    "info": json.dumps(info, default=str) if remote else None})
+                    "info": json.dumps({k: v for k, v in info.items() if k in _IDENTITY}, default=str)
+                    if remote else None})
         if len(buf) >= CHUNK:
             flush()
     flush()
@@ -427,18 +429,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="import-clips", description=__doc__.split("\n")[0].split(":", 1)[1].strip(),
                                 epilog="formats:\n" + formats, formatter_class=_Formatter)
     p.add_argument("format", choices=list(IMPORTERS), metavar="FORMAT", help="the metadata's layout (see below)")
-    p.add_argument("metadata", help="the metadata file (a video2dataset output folder), a path or a URL")
+    p.add_argument("metadata", metavar="METADATA", help="the metadata file (a video2dataset output folder), a path or a URL")
     p.add_argument("--videos", default=None,
-                   help="folder or URL of the downloaded videos (default: video2dataset's folder, the CSV's folder "
-                        "for opensora-csv); searched recursively for ID.mp4 or any video extension")
+                   help="folder or URL of the downloaded videos, searched recursively for ID.mp4 or any video "
+                        "extension; when not given, video2dataset's folder or the CSV's folder (opensora-csv)")
     p.add_argument("-o", "--out", required=True, help="output folder or URL: clips.parquet, failed.jsonl")
     p.add_argument("--pattern", default=None,
                    help="each video's path under --videos, with {id} for the dataset's id: '{id}.mp4', "
-                        "'{id}/video.webm' (default: any file named ID.<video extension>)")
+                        "'{id}/video.webm'; when not given, any file named ID.<video extension>")
     p.add_argument("--caption-pick", default="first", choices=PICKS,
                    help="which of a clip's captions goes to `caption` (all are kept in `captions`)")
     p.add_argument("--seed", type=int, default=0, help="seed of --caption-pick random-seeded")
-    p.add_argument("--dataset-name", default=None, help="caption_model of the imported captions (default: FORMAT)")
+    p.add_argument("--dataset-name", default=None, help="caption_model of the imported captions; when not given, FORMAT")
     p.add_argument("--min-sec", type=float, default=0.0, help="drop clips shorter than this (seconds; recorded)")
     p.add_argument("--max-sec", type=float, default=0.0,
                    help="cut longer clips into near-equal chunks, as split-videos does (seconds; 0: never)")

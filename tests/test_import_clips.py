@@ -186,7 +186,14 @@ def test_a_file_of_another_format_is_one_line_and_exit_2(videos, tmp_path, capsy
     assert not (tmp_path / "out").exists()  # before any work
     assert run("panda70m", csv, "-o", tmp_path / "out") == 2  # no --videos
     assert "--videos is required" in capsys.readouterr().err
-    assert run("panda70m", csv, "--videos", videos, "--pattern", "{name}.mp4", "-o", tmp_path / "out") == 2
+    for bad, message in ((["--pattern", "{name}.mp4"], "--pattern must name the video's path with {id}"),
+                         (["--min-sec", "nan"], "--min-sec must be a number >= 0, got nan"),
+                         (["--max-sec", "-1"], "--max-sec must be a number >= 0"),
+                         (["--workers", "0"], "--workers must be at least 1")):
+        assert run("panda70m", csv, "--videos", videos, "-o", tmp_path / "out", *bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_rerun_is_a_no_op_and_added_videos_are_the_only_work(videos, tmp_path):
@@ -382,3 +389,59 @@ def test_caption_videos_keeps_the_imported_caption(panda, tmp_path):
     assert list(cap.meta_source_caption) == list(df.caption)
     assert (cap.caption_model == str(model)).all() and (cap.prompt_id == "detailed").all()
     assert [list(c) for c in cap.captions] == [list(c) for c in df.captions]
+
+
+@pytest.mark.slow
+def test_kill_then_rerun_gives_the_uninterrupted_manifest(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from splitter.imports import STAGE
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ids = [f"v{i:02d}" for i in range(12)]
+    for i, vid in enumerate(ids):
+        hostile.good(raw / f"{vid}.mp4", shade=i + 1)
+    csv = panda_csv(tmp_path / "p.csv", [(v, [(0.0, 2.0), (2.5, 5.0)], [f"{v} 0", f"{v} 1"], [0.5, 0.6])
+                                         for v in ids + ["gone"]])
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "SHOTCAP_FLUSH_SECONDS": "0"}  # a batch per video
+    cmd = [sys.executable, "-m", "splitter.imports", "panda70m", str(csv), "--videos", str(raw), "-o", str(out),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / ".parts" / STAGE
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(parts.glob("*.parquet")):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "clips.parquet").exists() and 1 <= len(list(parts.glob("*.parquet"))) < len(ids)
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    import_clips("panda70m", csv, tmp_path / "ref", videos=raw, progress=False)  # uninterrupted
+    got, ref = read_manifest(out / "clips.parquet"), read_manifest(tmp_path / "ref" / "clips.parquet")
+    assert len(got) == 2 * len(ids)
+    pd.testing.assert_frame_equal(got, ref)
+    assert read_failed(out) == read_failed(tmp_path / "ref") and len(read_failed(out)) == 1
+
+
+def test_real_mpeg_ps_with_a_late_first_pts(realdata, tmp_path):
+    """cityCC0.mpg: an MPEG program stream whose first frame is at 0.54 s, shown 720x405 (non-square pixels)."""
+    path = realdata / "cityCC0.mpg"
+    times = pts(path)
+    spans = [(times[10], times[60]), (times[60], times[-1] + 0.04)]  # the second runs to the video's end
+    rows = [{"YoutubeID": "cityCC0", "Start_timestamp": hms(a), "End_timestamp": hms(b), "Caption": f"c{k}"}
+            for k, (a, b) in enumerate(spans)]
+    meta = tmp_path / "internvid.jsonl"
+    meta.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    import_clips("internvid", meta, tmp_path / "o", videos=realdata, progress=False)
+    df = read_manifest(tmp_path / "o" / "clips.parquet")
+    assert [(r.start_frame, r.end_frame) for r in df.itertuples()] == [(10, 60), (60, len(times))]
+    assert list(df.start_sec) == pytest.approx([times[10], times[60]], abs=1e-6)
+    info = probe(path)
+    assert (df.width[0], df.height[0]) == (info.width, info.height) == (720, 405)
