@@ -101,9 +101,10 @@ def child(args) -> dict:
     phases["compact"] = peak_mb()
     t2 = time.perf_counter()
     with query.connect() as con:
-        sql = query.part_rows(con, store, sort_by=("video_path", "start_frame"))
+        sql = query.part_rows(con, store)
         cols = ", ".join(query.ident(c) for c in query.names_of(con, sql) if c != UNIT)
-        rows = write_stream(query.batches(con, f"SELECT {cols} FROM ({sql})"), f"{out}/clips.parquet", check=False)
+        ordered = query.Sorted(f"SELECT {cols} FROM ({sql})", ["video_path", "start_frame", "clip_id"])
+        rows = write_stream(query.batches(con, ordered), f"{out}/clips.parquet", check=False)
     merge_s = time.perf_counter() - t2
     phases["manifest"] = peak_mb()
     if args.count_url:

@@ -35,6 +35,7 @@ def _megabytes(text: str) -> int:
 
 MEMORY_MB = _megabytes(os.environ.get("SHOTCAP_QUERY_MEMORY", "128MB"))  # per thread
 THREADS = int(os.environ.get("SHOTCAP_QUERY_THREADS", "1"))
+SORT_ROWS = int(os.environ.get("SHOTCAP_SORT_ROWS", 500_000))  # rows sorted at once (see `Sorted`)
 BATCH_ROWS = 65_536
 
 
@@ -123,19 +124,74 @@ def part_rows(con, store, keys=None, ids=None, sort_by=None, columns=None):
     order = [c for c in (sort_by or ()) if c in names]
     if order:
         tie = ["clip_id"] if "clip_id" in names and "clip_id" not in order else []
-        sql += " ORDER BY " + ", ".join(ident(c) for c in [*order, *tie])
+        return Sorted(sql, [*order, *tie])
     # unsorted, the rows come in the files' order (the connection preserves insertion order): no sort to spill
     return sql
 
 
+class Sorted(str):
+    """A query sorted by columns of its result: as a string, `SELECT * FROM (sql) ORDER BY order` (minus `drop`);
+    given to `batches`, the sort is done in pieces of at most SORT_ROWS rows each, so a manifest of any size is
+    sorted in the memory of one piece (the working set of DuckDB's sort grows with the rows sorted: measured
+    peak RSS 333 MB for 150k caption rows, 489 MB for 1.5M and 675 MB for 15M in one sort)."""
+
+    def __new__(cls, sql: str, order, drop=()):
+        order, drop = list(order), list(drop)
+        cols = f"* EXCLUDE ({', '.join(map(ident, drop))})" if drop else "*"
+        self = super().__new__(cls, f"SELECT {cols} FROM ({sql}) ORDER BY {', '.join(map(ident, order))}")
+        self.sql, self.order, self.drop, self.cols = sql, order, drop, cols
+        return self
+
+
 def batches(con, sql: str, rows: int = BATCH_ROWS):
     """A query's result as Arrow record batches of `rows` rows, streamed on a cursor of its own (so the connection
-    stays free for other work while the batches are read)."""
+    stays free for other work while the batches are read). A `Sorted` query is sorted piecewise (`sorted_batches`)."""
+    if isinstance(sql, Sorted):
+        yield from sorted_batches(con, sql, rows)
+        return
     cur = con.cursor()
     try:
         yield from cur.sql(sql).to_arrow_reader(rows)
     finally:
         cur.close()
+
+
+def sorted_batches(con, q: Sorted, rows: int = BATCH_ROWS, piece_rows: int | None = None):
+    """`q`'s rows in its order, sorted in pieces: up to `piece_rows` rows (SHOTCAP_SORT_ROWS) one sort; past it
+    the rows are split by ranges of the first sort column (bounds from a seeded sample) into local Parquet files
+    of about `piece_rows` rows each, in one pass, then each file is sorted in turn. Rows with the same first
+    column go to the same piece, so the result is exactly the one sort's."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    piece_rows = int(piece_rows or SORT_ROWS)
+    n = scalar(con, f"SELECT count(*) FROM ({q.sql})")
+    if n <= piece_rows:
+        yield from batches(con, str(q), rows)
+        return
+    key, pieces = q.order[0], math.ceil(n / piece_rows)
+    sample = con.execute(f"SELECT {ident(key)} AS k FROM ({q.sql}) USING SAMPLE reservoir({64 * pieces} ROWS) "
+                         "REPEATABLE (7)").fetchnumpy()["k"]
+    sample = np.sort(np.asarray(sample, dtype=object))
+    bounds = np.unique(sample[[len(sample) * i // pieces for i in range(1, pieces)]])
+    tmp = tempfile.mkdtemp(prefix="shotcap-sort-")
+    writers: dict = {}
+    try:
+        for batch in batches(con, q.sql, rows):
+            which = np.searchsorted(bounds, batch.column(key).to_numpy(zero_copy_only=False), side="right")
+            for j in np.unique(which):
+                if j not in writers:
+                    writers[j] = pq.ParquetWriter(os.path.join(tmp, f"{j:06d}.parquet"), batch.schema)
+                writers[j].write_batch(batch.filter(pa.array(which == j)))
+        for j in sorted(writers):
+            writers.pop(j).close()
+            piece = quote(os.path.join(tmp, f"{j:06d}.parquet"))
+            yield from batches(con, f"SELECT {q.cols} FROM read_parquet({piece}) ORDER BY "
+                                    f"{', '.join(map(ident, q.order))}", rows)
+    finally:
+        for w in writers.values():
+            w.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def names_of(con, sql: str) -> list[str]:
@@ -334,14 +390,14 @@ def join_parts(con, store, columns, where_kept: str | None = None, source: str =
     src = f"(SELECT *, {flag} AS _kept FROM {source})"
     kept = f"SELECT {', '.join(ident(c) for c in own)}, _row FROM {src} WHERE _kept"
     if not files:
-        return f"SELECT * EXCLUDE (_row) FROM ({kept}) ORDER BY _row"
+        return Sorted(kept, ["_row"], drop=["_row"])
     pick = "".join(f", p.{ident(c)}" for c in cols)
     parts = (f"SELECT CAST(clip_id AS VARCHAR) AS clip_id{''.join(', ' + ident(c) for c in cols)} "
              f"FROM {files_sql(con, files, order=True)} QUALIFY row_number() OVER (PARTITION BY clip_id "
              f"ORDER BY filename, file_row_number) = 1")
     joined = (f"SELECT {', '.join('i.' + ident(c) for c in base)}{pick}, i._row FROM {src} i "
               f"JOIN ({parts}) p ON CAST(i.clip_id AS VARCHAR) = p.clip_id WHERE NOT i._kept")
-    return f"SELECT * EXCLUDE (_row) FROM ({kept} UNION ALL BY NAME {joined}) ORDER BY _row"
+    return Sorted(f"{kept} UNION ALL BY NAME {joined}", ["_row"], drop=["_row"])
 
 
 def stage_failures(con, store, source: str = "input") -> list[dict]:

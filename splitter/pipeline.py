@@ -138,8 +138,8 @@ class SplitStage(Stage):
             else:
                 names = [c for c in query.names_of(con, sql) if c != UNIT]
                 cols = ", ".join("n.path AS video_path" if c == "video_path" else f"p.{query.ident(c)}" for c in names)
-                ordered = (f"SELECT {cols} FROM ({sql}) p JOIN _now n ON p.video_sha256 = n.sha "
-                           "ORDER BY n.path, p.start_frame, p.clip_id")
+                ordered = query.Sorted(f"SELECT {cols} FROM ({sql}) p JOIN _now n ON p.video_sha256 = n.sha",
+                                       ["video_path", "start_frame", "clip_id"])
                 clips = write_stream(query.batches(con, ordered), out / CLIPS_NAME)
                 hours = query.hours(con, out / CLIPS_NAME)
         fails = sorted(store.failure_records(keys=set(keys)) + self.sources.failures,
