@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import index.storage as storage
-from .engine import BadInput, Interrupted, UsageError, ctrl_c_guard, ignore_ctrl_c
+from .engine import Interrupted, UsageError, ctrl_c_guard, ignore_ctrl_c
 from .parts import ManifestError, PartStore, display_path, failure  # noqa: F401  (part of this module's API)
 from .record import CORE_COLUMNS, SCHEMA_VERSION, STAGE_COLUMNS
 
@@ -387,24 +387,6 @@ def check_rows(df: pd.DataFrame, path, stage: str) -> tuple[pd.DataFrame, list[d
 def load_manifest(path, stage: str) -> tuple[pd.DataFrame, list[dict]]:
     """`read_manifest` then `check_rows`: a stage's input, and the failures of the rows it cannot use."""
     return check_rows(read_manifest(path), path, stage)
-
-
-def check_sources(df: pd.DataFrame, hashes, stage: str) -> tuple[pd.DataFrame, list[dict]]:
-    """The rows whose source file still holds the content they were made from (`hashes`: an
-    `index.files.HashCache`, so an unchanged file costs a stat), and one failure per missing, unreadable or
-    replaced source: a caption or score of other content must never reach the shards."""
-    bad: set = set()
-    fails = []
-    for (path, sha), rows in df.groupby(["video_path", "video_sha256"], sort=True, dropna=False):
-        try:
-            if not storage.exists(path):
-                raise BadInput("video missing")
-            if hashes.sha256(path) != sha:
-                raise BadInput("video changed since it was split (sha256 mismatch)")
-        except BadInput as e:
-            bad.update(rows.index)
-            fails.append(failure(path, stage, f"{len(rows)} clips: {e}"))
-    return (df.drop(index=sorted(bad)) if bad else df), fails
 
 
 def export_manifest(df: pd.DataFrame, path):
