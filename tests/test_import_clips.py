@@ -84,10 +84,15 @@ SPANS = {  # video -> spans (seconds), each on an exact frame time rounded to th
 }
 
 
+def cap(vid: str, k: int) -> str:
+    """A caption with what a CSV cell of Python lists must carry through: an apostrophe, quotes, a comma."""
+    return f"{vid}'s \"caption\", number {k}"
+
+
 @pytest.fixture(scope="module")
 def panda(videos, tmp_path_factory):
     d = tmp_path_factory.mktemp("panda")
-    rows = [(vid, spans, [f"{vid} caption {k}" for k in range(len(spans))], [0.3 + 0.1 * k for k in range(len(spans))])
+    rows = [(vid, spans, [cap(vid, k) for k in range(len(spans))], [0.3 + 0.1 * k for k in range(len(spans))])
             for vid, spans in SPANS.items()]
     csv = panda_csv(d / "panda.csv", rows)
     summary: dict = {}
@@ -119,8 +124,8 @@ def test_panda70m_spans_become_the_frames_their_pts_give(panda, videos):
     assert list(df.columns[:len(CORE_COLUMNS)]) == list(CORE_COLUMNS)
     assert (df.caption_model == "panda70m").all() and (df.prompt_id == "imported").all()
     a = got.get_group("a").sort_values("start_frame")
-    assert list(a.caption) == ["a caption 0", "a caption 1"] and [list(c) for c in a.captions] == [["a caption 0"],
-                                                                                                     ["a caption 1"]]
+    assert list(a.caption) == [cap("a", 0), cap("a", 1)]
+    assert [list(c) for c in a.captions] == [[cap("a", 0)], [cap("a", 1)]]
     assert list(a.meta_matching_score) == pytest.approx([0.3, 0.4])
     assert list(df.meta_source_id) == [v for v, s in SPANS.items() for _ in s]  # the metadata's order
 
@@ -363,7 +368,7 @@ def test_videos_on_a_bucket_give_the_local_rows(videos, panda, s3, tmp_path):
     fs = fsspec.filesystem("s3")
     for name in ("a.mp4", "vfr.mkv"):
         fs.put(str(videos / name), f"{s3[5:]}/raw/{name}")
-    csv = panda_csv(tmp_path / "p.csv", [(v, SPANS[v], [f"{v} caption {k}" for k in range(len(SPANS[v]))],
+    csv = panda_csv(tmp_path / "p.csv", [(v, SPANS[v], [cap(v, k) for k in range(len(SPANS[v]))],
                                           [0.3 + 0.1 * k for k in range(len(SPANS[v]))]) for v in ("a", "vfr")])
     fs.put(str(csv), f"{s3[5:]}/meta/p.csv")
     assert run("panda70m", f"{s3}/meta/p.csv", "--videos", f"{s3}/raw", "-o", f"{s3}/out") == 0

@@ -33,7 +33,7 @@ class Panda70M(Importer):
                 continue
             vid = r["videoID"].strip()
             try:
-                stamps = literal_list(r["timestamp"], "timestamp")
+                stamps = literal_list(r["timestamp"], "timestamp", plain=True)
                 captions = literal_list(r["caption"], "caption")
                 scores = literal_list(r["matching_score"], "matching_score")
                 extra = {c: literal_list(r[c], c) for c in OPTIONAL if r.get(c, "").strip()}
