@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from captioner.estimate import CaptionCost
+from index import storage
 from captioner.models import ModelError
 from captioner.prompts import PromptError
 from trainer import estimate
@@ -36,22 +37,35 @@ class PlanError(ValueError):
     """A dataset or option the plan cannot use, in one line (exit code 2)."""
 
 
+def hours(rows: pd.DataFrame) -> float:
+    """Hours of the clips from their PTS range (num_frames / fps is off for variable-frame-rate sources)."""
+    if not {"start_sec", "end_sec"} <= set(rows) or not len(rows):
+        return 0.0
+    return float((rows["end_sec"].astype(float) - rows["start_sec"].astype(float)).clip(lower=0).round(6).sum() / 3600)
+
+
+def _parquet(loc) -> pd.DataFrame:
+    with storage.open_read(loc) as f:
+        return pd.read_parquet(f)
+
+
 def read_data(path) -> tuple[pd.DataFrame, dict, str]:
     """(the clips' rows, {(frames, height, width): clips} as the trainer would train on them, a note)."""
     from index.manifest import ManifestError, read_manifest
     from trainer.data import FeatureDataset, open_dataset
 
-    p = Path(path)
+    p = storage.location(path)
     try:
-        if p.is_dir() and (p / "features.json").is_file():
+        names = storage.listing(p) if storage.is_dir(p) else None
+        if names is not None and "features.json" in names:
             ds = FeatureDataset(p)
             shapes = pd.Series(ds.shapes()).value_counts().to_dict()
-            return pd.read_parquet(p / "index.parquet"), shapes, "pre-extracted features: captioning not planned"
-        if p.is_dir() and not (p / "index.parquet").is_file():
+            return _parquet(p / "index.parquet"), shapes, "pre-extracted features: captioning not planned"
+        if names is not None and "index.parquet" not in names and "_manifest.json" not in names:
             raise PlanError(f"--data {p}: a folder without index.parquet (not a build-shards output)")
-        if not p.exists():
+        if names is None and not storage.exists(p):
             raise PlanError(f"--data {p}: no such file or folder")
-        rows = pd.read_parquet(p / "index.parquet") if p.is_dir() else read_manifest(p)
+        rows = _parquet(p / "index.parquet") if names and "index.parquet" in names else read_manifest(p)
     except (OSError, ValueError, ManifestError) as e:  # an unreadable index, manifest or features folder
         raise PlanError(f"--data {p}: {' '.join(str(e).split())[:200]}") from None
     missing = [c for c in ("num_frames", "width", "height") if c not in rows]
@@ -211,17 +225,15 @@ def card_section(result: dict) -> str:
     return "\n".join(lines + ["", CARD_END])
 
 
-def write_card(folder: Path, section: str) -> Path:
-    from index.files import atomic_write_text
-
-    card = folder / "DATA_CARD.md"
-    text = card.read_text(encoding="utf-8")
+def write_card(folder, section: str):
+    card = storage.location(folder) / "DATA_CARD.md"
+    text = storage.read_text(card)
     if CARD_START in text and CARD_END in text:
         head, rest = text.split(CARD_START, 1)
         text = head + section + rest.split(CARD_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    return atomic_write_text(card, text)
+    return storage.write_text(card, text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,9 +278,11 @@ def check(a) -> None:
             raise PlanError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
     if a.mfu is not None and not 0 < a.mfu <= 1:
         raise PlanError(f"--mfu must be in (0, 1], got {a.mfu}")
+    if a.data:
+        storage.check_store(a.data, "--data")
     if a.card and not a.data:
         raise PlanError("--card writes the Compute section of --data's DATA_CARD.md: give --data SHARDS_DIR")
-    if a.card and not (Path(a.data) / "DATA_CARD.md").is_file():
+    if a.card and not storage.is_file(storage.location(a.data) / "DATA_CARD.md"):
         raise PlanError(f"--card: no DATA_CARD.md in {a.data} (run build-shards first)")
     if not a.config and not a.card:
         raise PlanError("give --config CONFIG (trainer/configs/*.yaml)")
@@ -281,10 +295,7 @@ def main(argv=None) -> int:
         result, shapes = {"configs": []}, None
         if a.data:
             rows, shapes, note = read_data(a.data)
-            from index.shards.select import hours
-
-            result["data"] = {"path": a.data, "clips": len(rows), "note": note,
-                              "hours": hours(rows) if {"start_sec", "end_sec"} <= set(rows) else 0.0}
+            result["data"] = {"path": a.data, "clips": len(rows), "note": note, "hours": hours(rows)}
         configs = [(c, a.overrides, True) for c in a.config or []]
         configs += [(c, [], False) for c in (OPENSORA if a.card else [])]
         result["configs"] = [plan_config(c, o, shapes, a, m) for c, o, m in configs]
@@ -293,8 +304,8 @@ def main(argv=None) -> int:
         if a.data and result["data"]["clips"] and not note.startswith("pre-extracted"):
             result["captioning"] = plan_captions(rows, a)
         if a.card:
-            write_card(Path(a.data), card_section(result))
-    except (ConfigError, PlanError, ModelError, PromptError, estimate.EstimateError) as e:
+            write_card(a.data, card_section(result))
+    except (ConfigError, PlanError, ModelError, PromptError, estimate.EstimateError, storage.StorageError) as e:
         print(f"plan: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if a.json:

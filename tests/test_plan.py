@@ -244,6 +244,29 @@ def test_card_gets_a_compute_section_once(tmp_path):
     assert DatasetCard(text).data.pretty_name == "t"
 
 
+def test_plan_reads_data_on_a_bucket_and_writes_its_card_there(tmp_path, s3, capsys):
+    import fsspec
+
+    shards = tmp_path / "shards"
+    manifest(shards / "clips.parquet", [(40, 256, 256)] * 5 + [(20, 640, 360)] * 2)
+    pd.read_parquet(shards / "clips.parquet").to_parquet(shards / "index.parquet")
+    (shards / "DATA_CARD.md").write_text("# t\n\n## Limitations\n\nSome.\n")
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for f in shards.iterdir():
+        fs.pipe_file(f"{s3}/shards/{f.name}", f.read_bytes())
+    assert plan.main(["--config", str(TINY), "--data", str(shards), "--json"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert plan.main(["--config", str(TINY), "--data", f"{s3}/shards", "--json"]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert remote["data"]["clips"] == local["data"]["clips"] == 7
+    assert remote["configs"] == local["configs"] and remote["captioning"] == local["captioning"]
+    assert plan.main(["--config", str(TINY), "--data", f"{s3}/shards", "--card"]) == 0
+    assert plan.main(["--config", str(TINY), "--data", str(shards), "--card"]) == 0
+    assert fs.cat_file(f"{s3}/shards/DATA_CARD.md").decode() == (shards / "DATA_CARD.md").read_text()
+    assert plan.main(["--config", str(TINY), "--data", "s3://no-such-bucket-here/shards"]) == 2
+    assert "no bucket" in capsys.readouterr().err
+
+
 def test_run_plan_for_train(tmp_path):
     p = estimate.Parts(load_config(TINY))
     run = estimate.RunPlan(p.cfg, p.vae, p.model, 2, [(8, 32, 32)] * 5 + [(8, 32, 48)])  # batches of 4
