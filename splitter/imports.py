@@ -48,6 +48,7 @@ PROMPT_ID = "imported"  # the prompt_id of a caption that came with the dataset 
 PICKS = ("first", "longest", "random-seeded")
 CUT_TOLERANCE = 1.0  # seconds a file that is the clip already may differ from the span's length (WebVid: whole s)
 CHUNK = 50_000  # spans, listing entries or keys inserted into DuckDB at once
+CHUNKS = 1_000_000  # at most this many clips cut from one span by --max-sec (an order key: seq * CHUNKS + chunk)
 _SPANS = pa.schema([("seq", pa.int64()), ("row", pa.int64()), ("where", pa.string()), ("clip", pa.int64()),
                     ("source_id", pa.string()), ("path", pa.string()), ("rel", pa.string()),
                     ("start", pa.float64()), ("end", pa.float64()), ("cut", pa.string()),
@@ -143,8 +144,8 @@ class ImportStage(Stage):
 
     # ------------------------------------------------------------ driver
     def units(self):
-        sql = ('SELECT video, info, seq, row, "where", clip, source_id, start, "end", cut, captions, meta '
-               "FROM _paired WHERE video IS NOT NULL AND matches = 1 ORDER BY video, seq")
+        sql = query.Sorted('SELECT video, info, seq, row, "where", clip, source_id, start, "end", cut, captions, '
+                           "meta FROM _paired WHERE video IS NOT NULL AND matches = 1", ["video", "seq"])
         cur, group = None, []
         for batch in query.batches(self.con, sql):
             for r in batch.to_pylist():
@@ -241,19 +242,21 @@ class ImportStage(Stage):
             write_manifest(pd.DataFrame(columns=list(CORE_COLUMNS)), out / CLIPS_NAME)
             clips, hours = 0, 0.0
         else:
-            window = "OVER (PARTITION BY clip_id ORDER BY _seq, _chunk)"
-            con.execute(f"CREATE OR REPLACE VIEW _ranked AS SELECT *, row_number() {window} AS _rank, "
-                        f"first_value(_where) {window} AS _first FROM {query.files_sql(con, files)} "
-                        "WHERE _unit IN (SELECT key FROM _keys)")
-            con.execute("INSERT INTO _problems SELECT video_path, _where || ': duplicate clip: the same frames of the "
-                        "same video as ' || _first FROM _ranked WHERE _rank > 1")
-            rows = ("SELECT * EXCLUDE (_unit, _seq, _chunk, _where, _rank, _first) FROM _ranked WHERE _rank = 1 "
-                    "ORDER BY _seq, _chunk")
+            # each clip_id once, from its first span in metadata order: an aggregate and joins, which spill
+            con.execute(f"CREATE OR REPLACE VIEW _parts AS SELECT *, _seq * {CHUNKS} + _chunk AS _order "
+                        f"FROM {query.files_sql(con, files)} WHERE _unit IN (SELECT key FROM _keys)")
+            con.execute("CREATE OR REPLACE TABLE _firsts AS SELECT clip_id, min(_order) AS _order FROM _parts "
+                        "GROUP BY clip_id")
+            con.execute("INSERT INTO _problems SELECT p.video_path, p._where || ': duplicate clip: the same frames of "
+                        "the same video as ' || q._where FROM _parts p JOIN _firsts f ON p.clip_id = f.clip_id "
+                        "AND p._order <> f._order JOIN _parts q ON q._order = f._order")
+            rows = query.Sorted("SELECT p.* FROM _parts p JOIN _firsts f ON p.clip_id = f.clip_id AND p._order = "
+                                "f._order", ["_order"], drop=["_unit", "_seq", "_chunk", "_where", "_order"])
             clips = write_stream(query.batches(con, rows), out / CLIPS_NAME)
             hours = query.hours(con, out / CLIPS_NAME)
         n_failed = query.scalar(con, "SELECT count(*) FROM _problems")
         write_failed(out, ({"path": p, "stage": STAGE, "reason": " ".join(r.split())[:300]} for batch in
-                           query.batches(con, "SELECT path, reason FROM _problems ORDER BY path, reason")
+                           query.batches(con, query.Sorted("SELECT path, reason FROM _problems", ["path", "reason"]))
                            for p, r in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())))
         return {"clips": clips, "hours": hours, "failures": n_failed}
 

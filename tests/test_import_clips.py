@@ -450,3 +450,18 @@ def test_real_mpeg_ps_with_a_late_first_pts(realdata, tmp_path):
     assert list(df.start_sec) == pytest.approx([times[10], times[60]], abs=1e-6)
     info = probe(path)
     assert (df.width[0], df.height[0]) == (info.width, info.height) == (720, 405)
+
+
+def test_sorting_in_pieces_gives_the_same_outputs(panda, videos, tmp_path, monkeypatch):
+    """The units, the manifest and failed.jsonl sorted in pieces of 2 rows (a corpus past SHOTCAP_SORT_ROWS)."""
+    from index import query
+
+    out, df, _ = panda
+    csv = panda_csv(tmp_path / "p.csv", [(vid, spans, [cap(vid, k) for k in range(len(spans))],
+                                          [0.3 + 0.1 * k for k in range(len(spans))])
+                                         for vid, spans in SPANS.items()] + [(g, [(0, 1)], ["x"], [0.1])
+                                                                             for g in ("gone3", "gone1", "gone2")])
+    monkeypatch.setattr(query, "SORT_ROWS", 2)
+    import_clips("panda70m", csv, tmp_path / "o", videos=videos, progress=False)
+    pd.testing.assert_frame_equal(read_manifest(tmp_path / "o" / "clips.parquet"), df)
+    assert [f["path"].rsplit("/", 1)[1] for f in read_failed(tmp_path / "o")] == ["gone1", "gone2", "gone3"]
