@@ -16,9 +16,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 from .engine import BadInput, UsageError
@@ -191,6 +194,24 @@ def open_read(path, block_size: int = READ_BLOCK):
         raise BadInput("file not found") from None
     except (OSError, PermissionError) as e:
         raise BadInput(f"cannot read object ({' '.join(str(e).split())[:160]})") from None
+
+
+@contextlib.contextmanager
+def local_copy(path, block_size: int = READ_BLOCK):
+    """A local path holding `path`'s bytes for a reader that passes over a source more than once (a demux, then a
+    decode): a local path as it is; an object copied once to a temporary file (one source's size of local disk,
+    removed at the end), so the store serves each byte once instead of once per pass."""
+    loc = location(path)
+    if not is_remote(loc):
+        yield loc
+        return
+    fd, tmp = tempfile.mkstemp(prefix="shotcap-source-", suffix=loc.suffix)
+    try:
+        with os.fdopen(fd, "wb") as out, open_read(loc, block_size) as src:
+            shutil.copyfileobj(src, out, block_size)
+        yield Path(tmp)
+    finally:
+        os.unlink(tmp)
 
 
 def identity(path) -> tuple:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -69,19 +70,10 @@ def score_source(path, rows: list[dict], scorers: list[Scorer], flow=None, sampl
     size = decode_size(rows[0]["width"], rows[0]["height"])
     plans = {r["clip_id"]: plan_frames(r, sample_fps) for r in rows}
     by_id = {r["clip_id"]: r for r in rows}
-    bits, pixels = packet_bits(path) if any(s.needs_bits for s in scorers) else (None, 0)
-    scored, pending = [], []
-    for cid, images in iter_many(path, {c: s + a for c, (s, a, _) in plans.items()}, size=size):
-        sampled, after, pair_of = plans[cid]
-        row = by_id[cid]
-        pending.append(ClipFrames(
-            clip=row, frames=images[:len(sampled)], indices=np.asarray(sampled), after=images[len(sampled):],
-            pair_of=np.asarray(pair_of, dtype=np.int64), coded_pixels=pixels, flow_fn=flow,
-            bits=None if bits is None else clip_bits(bits, row["start_frame"], row["end_frame"])))
-        if len(pending) >= batch:
-            scored += _score(pending, scorers)
-            pending = []
-    scored += _score(pending, scorers)
+    two_passes = any(s.needs_bits for s in scorers)  # a demux for the packet sizes, then the decode
+    with storage.local_copy(path) if two_passes else contextlib.nullcontext(path) as src:  # a store serves it once
+        bits, pixels = packet_bits(src) if two_passes else (None, 0)
+        scored = _score_decoded(src, rows, plans, by_id, scorers, size, flow, bits, pixels, batch)
     done = {r["clip_id"] for r in scored}
     failures = [(r["clip_id"], f"frames {r['start_frame']}-{r['end_frame']} lie beyond the decodable frames "
                                "of the video") for r in rows if r["clip_id"] not in done]
@@ -92,6 +84,22 @@ def score_source(path, rows: list[dict], scorers: list[Scorer], flow=None, sampl
         elif kind == "bool":
             part[col] = part[col].astype(bool)
     return Output(rows=part, failures=failures)
+
+
+def _score_decoded(src, rows, plans, by_id, scorers, size, flow, bits, pixels, batch) -> list[dict]:
+    """The score rows of the clips one sequential decode of `src` reaches."""
+    scored, pending = [], []
+    for cid, images in iter_many(src, {c: s + a for c, (s, a, _) in plans.items()}, size=size):
+        sampled, after, pair_of = plans[cid]
+        row = by_id[cid]
+        pending.append(ClipFrames(
+            clip=row, frames=images[:len(sampled)], indices=np.asarray(sampled), after=images[len(sampled):],
+            pair_of=np.asarray(pair_of, dtype=np.int64), coded_pixels=pixels, flow_fn=flow,
+            bits=None if bits is None else clip_bits(bits, row["start_frame"], row["end_frame"])))
+        if len(pending) >= batch:
+            scored += _score(pending, scorers)
+            pending = []
+    return scored + _score(pending, scorers)
 
 
 @dataclass

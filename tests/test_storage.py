@@ -139,3 +139,32 @@ def test_the_lease_names_its_holder(s3):
         held = json.loads(storage.read_bytes(out / ".shotcap" / "lock"))
         assert held["holder"].startswith("score-clips m -o out, pid") and held["expires"] > 0
     assert not storage.exists(out / ".shotcap" / "lock")
+
+
+def test_scoring_a_source_on_a_bucket_reads_its_bytes_once(s3, s3_server, sample_videos, tmp_path):
+    """bpp demuxes the source, then the scorers decode it: the object is copied once to local disk for the two
+    passes (and the copy removed), so the store serves its bytes once, as for a scorer that only decodes."""
+    import tempfile
+
+    from index.manifest import read_manifest
+    from scorer.cli import main as score_main
+    from splitter.cli import main as split_main
+
+    folder, _ = sample_videos
+    video = sorted(folder.glob("*.mp4"))[0]
+    storage.write_bytes(f"{s3}/raw/{video.name}", video.read_bytes())
+    assert split_main([f"{s3}/raw", "-o", f"{s3}/split", "--detector", "content", "--no-progress"]) == 0
+    before = set(os.listdir(tempfile.gettempdir()))
+    served = {}
+    for scorers in ("sharpness", "bpp,sharpness"):
+        s3_server.reset()
+        out = f"{s3}/{scorers.replace(',', '-')}"
+        assert score_main([f"{s3}/split/clips.parquet", "-o", out, "--scorers", scorers, "--quiet"]) == 0
+        served[scorers] = s3_server.bytes_out
+        scored = read_manifest(f"{out}/clips.parquet")
+        assert len(scored) >= 1 and scored["sharpness"].notna().all()
+    assert scored["bpp"].gt(0).all()
+    size = video.stat().st_size
+    assert served["sharpness"] >= size  # the decode read the object (plus the manifests)
+    assert served["bpp,sharpness"] - served["sharpness"] < 0.2 * size, (served, size)  # not a second pass
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("shotcap-source-")]
