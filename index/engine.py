@@ -12,8 +12,12 @@ A stage says three things (`Stage`): how to list its units, how to process one, 
     report = run_stage(Split(...), store, EngineOptions(workers=2))
 
 `--workers N` means the same on every command: N processes here (each loads its model once) or, with
-`--engine ray`, N Ray actors. Whatever runs the units, the driver alone writes the parts (`index.manifest.PartStore`),
-so the output is the same for `--workers 1`, `--workers 2` and `--engine ray`, and resume rules are one.
+`--engine ray`, N Ray actors. Finished units go to the stage's `index.parts.PartStore` in batches (many units per
+file): locally the driver writes them; on Ray each actor writes its own batches straight to the output (a folder or
+a bucket) and reports only the keys a batch commits, so rows never pass through the driver, and units an actor
+held but never committed are given out again. The output is the same for `--workers 1`, `--workers 2` and
+`--engine ray`, and resume rules are one. The driver holds no object per unit: units are listed lazily and
+checked against the store's ledger of finished keys in chunks.
 
 Failure rules (the same on every engine):
 - `BadInput` raised by a unit (unreadable, too short, deleted or changed source, a refused prompt) is that unit's
