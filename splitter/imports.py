@@ -255,8 +255,10 @@ class ImportStage(Stage):
             clips = write_stream(query.batches(con, rows), out / CLIPS_NAME)
             hours = query.hours(con, out / CLIPS_NAME)
         n_failed = query.scalar(con, "SELECT count(*) FROM _problems")
+        # two narrow columns: DuckDB's own sort spills them in less memory than sorting in pieces (bench/import.py:
+        # peak RSS 460 MB against 510 MB at 800k failures)
         write_failed(out, ({"path": p, "stage": STAGE, "reason": " ".join(r.split())[:300]} for batch in
-                           query.batches(con, query.Sorted("SELECT path, reason FROM _problems", ["path", "reason"]))
+                           query.batches(con, "SELECT path, reason FROM _problems ORDER BY path, reason")
                            for p, r in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())))
         return {"clips": clips, "hours": hours, "failures": n_failed}
 
