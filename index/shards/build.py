@@ -14,8 +14,9 @@ Steps, each resumable: choose the clips (select.py, SQL over the streamed manife
 already in the output on the engine (stage.py: one decode per source, SHARDS_DIR/.staging/KEY.mp4, each complete or
 absent), then the writer places them, streaming the clip set in record batches, and index.parquet is written from
 its batches: no step holds the manifest or the index. What stays per clip in memory is small and named: shards.json
-(one name per file of the output) with one listing of each output folder, and the failure records. SHARDS_DIR may be a folder or a URL (s3://...): every path goes
-through `index.storage`, and on a store each file is an object that appears only when complete.
+(one name per file of the output) with one listing of each output folder, and the failure records. SHARDS_DIR may be
+a folder or a URL (s3://...): every path goes through `index.storage`, and on a store each file is an object that
+appears only when complete.
 
 Before the writer writes a file it is added to shards.json, so a run killed at any point leaves
 only files the next run recognises as its own; files of an earlier plan that the new output does not list are
@@ -222,7 +223,7 @@ def _plan(con, sel: Selection, opts: ClipOptions, report: ShardReport) -> None:
     con.execute("CREATE OR REPLACE TABLE _plan (_row BIGINT, key VARCHAR, clip_num_frames BIGINT, clip_fps DOUBLE, "
                 "clip_width BIGINT, clip_height BIGINT, bucket VARCHAR, _unfit VARCHAR)")
     cols = "_row, clip_id, start_frame, end_frame, start_sec, end_sec, fps, width, height"
-    for batch in query.batches(con, f"SELECT {cols} FROM {sel.rows()} ORDER BY _row"):
+    for batch in query.batches(con, f"SELECT {cols} FROM {sel.rows()} ORDER BY _row", rows=8192):
         out = {c: [] for c in ("_row", "key", "clip_num_frames", "clip_fps", "clip_width", "clip_height", "bucket",
                                "_unfit")}
         for row in batch.to_pylist():

@@ -146,7 +146,7 @@ def cut_units(con, todo: str, opts: ClipOptions, bad: set):
         return Unit(digest, str(src[0]), data=items, weight=len(items), ids=tuple(c for c, _, _ in items))
 
     cur, items = None, []
-    for batch in query.batches(con, sql):
+    for batch in query.batches(con, sql, rows=8192):
         for row in batch.to_pylist():
             src = (row["video_path"], row["video_sha256"])
             if src in bad:

@@ -31,6 +31,7 @@ from ...files import _UMASK, temp_name
 
 INTERNAL = ("key", "file", "offset", "size", "clip_num_frames", "clip_fps", "clip_width", "clip_height")
 CLIP_COLUMNS = ("clip_num_frames", "clip_fps", "clip_width", "clip_height")
+ROWS = 4096  # rows of a batch handed to a writer
 
 
 @dataclass
@@ -45,8 +46,9 @@ class Context:
     clips: str = ""  # the clip set as a relation of `con`
 
     def rows(self, order: str, columns: str = "*"):
-        """The clips as Arrow record batches in `order` (a SQL ORDER BY list)."""
-        yield from query.batches(self.con, f"SELECT {columns} FROM {self.clips} ORDER BY {order}")
+        """The clips as Arrow record batches of ROWS rows in `order` (a SQL ORDER BY list): small batches, since
+        writers turn them into Python rows (a row of every column, caption included, is a few KB as a dict)."""
+        yield from query.batches(self.con, f"SELECT {columns} FROM {self.clips} ORDER BY {order}", rows=ROWS)
 
     def read_staged(self, key: str) -> bytes:
         return storage.read_bytes(self.staging / f"{key}.mp4")
@@ -270,7 +272,8 @@ class ClipStats:
         n, lo, med, hi = con.execute(f"SELECT count(*), min(clip_num_frames), quantile_cont(clip_num_frames, 0.5), "
                                      f"max(clip_num_frames) FROM {index}").fetchall()[0]
         sizes = con.execute(f"SELECT clip_width, clip_height, count(*) AS n FROM {index} "
-                            "GROUP BY clip_width, clip_height ORDER BY n DESC, clip_width * clip_height DESC, clip_width, clip_height").fetchall()
+                            "GROUP BY clip_width, clip_height "
+                            "ORDER BY n DESC, clip_width * clip_height DESC, clip_width, clip_height").fetchall()
         fps = [r for r, in con.execute(f"SELECT DISTINCT round(clip_fps, 3) AS f FROM {index} ORDER BY f").fetchall()]
         return cls(int(n), [(int(w), int(h), int(c)) for w, h, c in sizes], (lo, med, hi), fps)
 

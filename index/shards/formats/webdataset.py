@@ -1,11 +1,13 @@
 """`webdataset`: tar shards of `<key>.mp4` + `<key>.json`, one bucket (resolution, aspect, frame count) per shard.
 
-Shards are written with `webdataset.TarWriter` with a fixed mode, owner and time (0644, uid/gid 0, no user or
-group names, mtime 0), each sample as two members in this order: the clip, then its JSON (the manifest row
-and its bucket). So the same clips give the same bytes, and a shard is the same as the hand-made ustar writer
-earlier versions used (a test holds that writer's sha256). A shard is written to a temp name and renamed:
-complete or absent (on a store: uploaded as one object). `index.parquet` records where each clip's mp4 bytes lie (`shard`, `offset`, `size`), so a
-trainer reads a sample with one seek instead of scanning tar headers.
+Shards are written with the standard library's `tarfile` exactly as `webdataset.TarWriter` writes them (its stream
+mode, fixed mode, owner and time: 0644, uid/gid 0, no user or group names, mtime 0; importing webdataset would
+import torch, half a gigabyte of the driver's memory, for nothing), each sample as two members in this order: the
+clip, then its JSON (the manifest row, its bucket and shard). So the same clips give the same bytes, and a shard
+is the same as the hand-made ustar writer earlier versions used and as TarWriter's (a test holds that writer's
+sha256). A shard is written to a temp name and renamed: complete or absent (on a store: uploaded as one object).
+`index.parquet` records where each clip's mp4 bytes lie (`shard`, `offset`, `size`), so a trainer reads a sample
+with one seek instead of scanning tar headers.
 
 A re-run keeps a shard that already holds exactly the planned members with the same JSON bytes, and rewrites
 the others; clips that live only in a shard being rewritten are copied out first. Only regular-file members
@@ -14,6 +16,7 @@ count: a link or device member (a crafted or damaged tar) is never read, and its
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 import tempfile
@@ -29,11 +32,9 @@ EXTRA = 2048  # bytes a sample adds besides its mp4: two tar headers, padding an
 
 
 def write_shard(path, samples) -> list[tuple[int, int]]:
-    """Write one tar: (key, record, mp4) per sample, the mp4 a local file or its bytes. On disk a temp name,
-    fsync, rename; on a store a local temp file uploaded as one object (it appears complete, or not at all).
+    """Write one tar: (key, record, mp4) per sample (any iterable), the mp4 a local file or its bytes. On disk a
+    temp name, fsync, rename; on a store a local temp file uploaded as one object (it appears complete, or not at all).
     Returns (offset, size) of each sample's mp4 bytes in the tar."""
-    import webdataset as wds
-
     loc = storage.location(path)
     remote = storage.is_remote(loc)
     if remote:
@@ -45,14 +46,14 @@ def write_shard(path, samples) -> list[tuple[int, int]]:
     where = []
     try:
         with open(tmp, "wb", buffering=1 << 20) as f:
-            tw = wds.TarWriter(f, user="", group="", mode=0o644, mtime=0, encoder=False)
+            tar = tarfile.open(fileobj=f, mode="w|")  # what webdataset.TarWriter opens (its stream mode)
             for key, row, mp4 in samples:
                 data = mp4 if isinstance(mp4, bytes) else Path(mp4).read_bytes()
-                tw.write({"__key__": key, "mp4": data})  # one member per call keeps mp4 before json
+                _member(tar, f"{key}.mp4", data)  # the clip before its JSON
                 padded = (len(data) + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
-                where.append((tw.tarstream.offset - padded, len(data)))  # the data ends where the archive is now
-                tw.write({"__key__": key, "json": row_json(row)})
-            tw.close()  # end-of-archive blocks, padded to a whole record (the file itself stays open)
+                where.append((tar.offset - padded, len(data)))  # the data ends where the archive is now
+                _member(tar, f"{key}.json", row_json(row))
+            tar.close()  # end-of-archive blocks, padded to a whole record (the file itself stays open)
             f.flush()
             os.fsync(f.fileno())
         if remote:
@@ -63,6 +64,13 @@ def write_shard(path, samples) -> list[tuple[int, int]]:
         tmp.unlink(missing_ok=True)
         raise
     return where
+
+
+def _member(tar, name: str, data: bytes) -> None:
+    """One regular-file member as webdataset.TarWriter(user="", group="", mode=0o644, mtime=0) writes it."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+    tar.addfile(info, io.BytesIO(data))
 
 
 class ShardPlan:
@@ -170,8 +178,8 @@ class WebDatasetWriter(Writer):
         for shard, rows in self._shards(ctx):
             keys = [r["key"] for r in rows]
             if shard in redo:
-                spots = write_shard(ctx.out_dir / shard, [(r["key"], self.record(ctx, r), ctx.read_staged(r["key"]))
-                                                          for r in rows])
+                spots = write_shard(ctx.out_dir / shard, ((r["key"], self.record(ctx, r), ctx.read_staged(r["key"]))
+                                                          for r in rows))  # one sample's bytes at a time
             else:  # intact: its members say where each clip's bytes are
                 where = {m.name: (m.offset_data, m.size) for m in _members(ctx.out_dir / shard)}
                 spots = [where[f"{k}.mp4"] for k in keys]
