@@ -184,7 +184,8 @@ class PartStore:
         self._buffered: set = set()
         self._buffered_rows = 0
         self._since = None
-        self._committed: list = []  # keys committed since `take_committed` was last asked
+        self._committed: list = []  # a writer's keys committed since `take_committed` was last asked
+        self._tracks = not ledger  # only a writer (a Ray worker's store) reports its commits; the driver's keeps none
         self._known: dict = {}  # batch name -> Batch already read (a reload reads only new batches)
         self.batches, self._done, self._failed = [], Ledger(), Ledger()
         if ledger:
@@ -373,7 +374,8 @@ class PartStore:
         done = [k for k, t, _ in buffer if t is not None]
         failed = [f for _, _, fs in buffer for f in fs]
         self._commit(self._name(), concat([t for _, t, _ in buffer if t is not None]), {"done": done, "failed": failed})
-        self._committed += [k for k, _, _ in buffer]
+        if self._tracks:
+            self._committed += [k for k, _, _ in buffer]
         self._buffer, self._buffered, self._buffered_rows, self._since = [], set(), 0, None
 
     def close(self) -> None:
