@@ -294,13 +294,14 @@ def _build(con, inp, out_dir, writer, state: dict, index_dir, dedup, shard_size,
 
 def _clear_staging(con, staging) -> None:
     """Staged clips of this manifest are copies now: the output holds them (a staged clip of another manifest,
-    cut by a run on another clip set, stays)."""
-    left = {n[:-4] for n, i in storage.listing(staging).items() if n.endswith(".mp4") and i.get("type") == "file"}
+    cut by a run on another clip set, stays). Deleted in the listing's order: on disk, unlinking a large folder's
+    files in name order instead costs several times as long."""
+    listed = [n[:-4] for n, i in storage.listing(staging).items() if n.endswith(".mp4") and i.get("type") == "file"]
+    left, ours = set(listed), set()
     if left:
         for batch in query.batches(con, "SELECT clip_id FROM input"):
-            ours = left & {safe_key(c) for c in batch.column(0).to_pylist()}
-            storage.remove_many([staging / f"{k}.mp4" for k in sorted(ours)])
-            left -= ours
+            ours |= left & {safe_key(c) for c in batch.column(0).to_pylist()}
+        storage.remove_many([staging / f"{k}.mp4" for k in listed if k in ours])
     if not storage.is_remote(staging) and staging.is_dir() and not any(staging.iterdir()):
         staging.rmdir()
 
