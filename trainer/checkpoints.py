@@ -272,7 +272,7 @@ def load_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 # ---------------------------------------------------------------- the model to train
 
 ARCH_KEYS = ("hidden_size", "depth", "num_heads", "patch_size", "mlp_ratio", "pred_sigma", "class_dropout_prob",
-             "space_scale", "time_scale", "base_size")
+             "space_scale", "time_scale", "base_size", "conditioning")
 
 
 def run_model_keys(model_cfg: dict, explicit: set) -> dict:
@@ -291,8 +291,9 @@ def build_model(cfg: dict, in_channels: int, caption_channels: int):
     from trainer.model import build_stdit
 
     m = cfg["model"]
+    pooling = "last" if cfg["text"]["kind"] == "clip" else "mean"  # CLIP's pooled output: its last real token
     return build_stdit(m["size"], in_channels=in_channels, caption_channels=caption_channels,
-                       model_max_length=cfg["text"]["max_length"],
+                       model_max_length=cfg["text"]["max_length"], text_pooling=pooling,
                        **{k: m[k] for k in ARCH_KEYS if k != "base_size"}, base_size=m["base_size"])
 
 
@@ -322,7 +323,8 @@ def init_model(path, cfg: dict, explicit: set, in_channels: int, caption_channel
         del converted
     else:
         theirs, state = load_folder(found.path)
-    arch = {**theirs, **own, "in_channels": in_channels, "caption_channels": caption_channels}
+    arch = {**theirs, **own, "in_channels": in_channels, "caption_channels": caption_channels,
+            "text_pooling": "last" if cfg["text"]["kind"] == "clip" else "mean"}
     if cfg["text"]["max_length"] > arch["model_max_length"]:
         raise UsageError(f"text.max_length {cfg['text']['max_length']} is longer than the caption table of the "
                          f"weights in {found.path} ({arch['model_max_length']} tokens)")

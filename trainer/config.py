@@ -47,6 +47,7 @@ class ModelConfig:
     base_size: Optional[int] = None  # PixArt-style grid: positions span base_size (None: the grid's own size)
     init_from: Optional[str] = None  # weights to start from (see train.py --init-from)
     gradient_checkpointing: bool = False
+    conditioning: str = "cross_attn"  # how the caption reaches the blocks: cross_attn | adaln | in_context
 
 
 @dataclass
@@ -107,6 +108,7 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     output_dir: str = "runs/stdit"
+    sequence_parallel: int = 1  # processes sharing each sample's tokens (Ulysses); data parallel over the rest
 
 
 @dataclass
@@ -126,11 +128,13 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "vae": VAEConfig, "text": Tex
 CHOICES = {"text.kind": ("tiny", "t5", "clip"), "diffusion.name": ("rflow", "ddpm"),
            "train.mixed_precision": ("no", "bf16", "fp16"), "diffusion.beta_schedule": ("linear", "scaled_linear",
                                                                                       "squaredcos_cap_v2"),
-           "optim.schedule": ("constant", "linear", "cosine")}
+           "optim.schedule": ("constant", "linear", "cosine"),
+           "model.conditioning": ("cross_attn", "adaln", "in_context")}
 POSITIVE = {"data.batch_size", "data.frame_interval", "optim.grad_accum", "train.max_steps", "train.log_every",
             "train.ckpt_every", "text.max_length", "sample.num_frames", "sample.height", "sample.width",
             "sample.fps", "sample.steps", "model.hidden_size", "model.depth", "model.num_heads",
-            "model.space_scale", "model.time_scale", "model.base_size", "diffusion.base_tokens", "diffusion.num_train_timesteps"}
+            "model.space_scale", "model.time_scale", "model.base_size", "diffusion.base_tokens", "diffusion.num_train_timesteps",
+            "train.sequence_parallel"}
 NON_NEGATIVE = {"optim.lr", "optim.weight_decay", "optim.eps", "optim.warmup_steps", "optim.grad_clip",
                 "data.num_workers", "train.keep_last", "text.cache_mb", "sample.cfg_scale",
                 "model.class_dropout_prob", "train.ema_decay", "optim.min_lr_ratio", "train.spike_factor"}
@@ -271,7 +275,11 @@ def validate(raw: dict, source: str = "config") -> Config:
             raise ConfigError(f"{where}: must be {'> 0' if where in POSITIVE else '>= 0'}, got {value!r}")
     if cfg["optim"]["min_lr_ratio"] > 1:
         raise ConfigError(f"optim.min_lr_ratio: a fraction of optim.lr in [0, 1], got {cfg['optim']['min_lr_ratio']}")
-    _check_model(cfg["model"])
+    heads = _check_model(cfg["model"])
+    sp = cfg["train"]["sequence_parallel"]
+    if heads % sp:
+        raise ConfigError(f"train.sequence_parallel: {sp} processes must divide model.num_heads {heads} (each takes "
+                          "a share of the heads)")
     _check_vae(cfg["vae"])
     for i, b in enumerate(cfg["data"]["buckets"]):
         if len(b) != 3 or min(b) <= 0:
@@ -296,6 +304,7 @@ def _check_model(m: dict) -> None:
     heads = m["num_heads"] or STDIT_SIZES[m["size"]]["num_heads"]
     if hidden % heads or hidden % 4:
         raise ConfigError(f"model: hidden_size {hidden} must be divisible by num_heads {heads} and by 4")
+    return heads
 
 
 def _check_vae(v: dict) -> None:
