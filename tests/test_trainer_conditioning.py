@@ -130,3 +130,30 @@ def test_a_bad_structure_or_degree_is_one_line_and_exit_2_before_any_model(overr
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
     assert not (out / "config.yaml").exists()  # stopped before the run started
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_plan_counts_each_structures_flops_as_torch_does_and_its_parameters(conditioning):
+    """`plan`'s FLOPs of a forward and backward against torch's FlopCounterMode on the real model (attention as
+    matmuls), and the structures' parameter counts against the layers each adds or drops."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainer import estimate
+
+    m = tiny(conditioning).train()
+    B, L, shape = 2, 8, (3, 16, 24)
+    x, y, mask = torch.randn(B, 3, *shape), torch.randn(B, L, 16), torch.ones(B, L, dtype=torch.bool)
+    mask[0, 5:] = False
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counted:
+        m(x, torch.rand(B) * 1000, y, mask, force_drop=torch.zeros(B, dtype=torch.bool)).square().mean().backward()
+    fwd = estimate.forward_flops(m, (3, 4, 6), L)
+    assert counted.get_total_flops() == B * estimate.train_flops(fwd, False, 32)["hardware"]
+    assert (fwd["cross_attention"] > 0) == (conditioning == "cross_attn")
+    D, depth = 32, 2
+    params = {k: sum(p.numel() for p in tiny(k).parameters()) for k in CONDITIONINGS}
+    cross = 4 * (D * D + D)  # q, k, v (kv_linear is 2D wide) and the output projection, with biases
+    assert params["cross_attn"] - params["in_context"] == depth * cross
+    # adaln: each block's and the final layer's modulation layers replace t_block and the scale-shift tables
+    adaln_extra = depth * (6 * D * D + 6 * D) + 2 * D * D + 2 * D - (6 * D * D + 6 * D) - depth * 6 * D - 2 * D
+    assert params["adaln"] - params["in_context"] == adaln_extra

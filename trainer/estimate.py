@@ -150,18 +150,30 @@ FORWARD = ("patch_embed", "timestep", "caption", "blocks_linear", "final", *ATTE
 def forward_flops(model, grid, text_len: int) -> dict[str, int]:
     """Forward FLOPs of one sample (a multiply-add is 2) by layer kind, from the model's config: every Linear and
     Conv3d, and the attention products (QK^T and AV). `full_attention` is what one attention over all N tokens
-    (DiT's) would cost in place of the spatial and temporal ones: the difference is why STDiT exists."""
+    (DiT's) would cost in place of the spatial and temporal ones: the difference is why STDiT exists.
+
+    By `conditioning`: cross_attn projects queries and outputs of the N video tokens and keys and values of the
+    L caption tokens in every block, and attends N x L; adaln projects one pooled caption vector and has no
+    caption attention, but a 6D modulation layer per block (and 2D for the final layer) instead of one shared;
+    in_context projects the caption's keys and values in every block and each frame attends S x (S + L)."""
     c = model.config
     D, M, L, Ct = c.hidden_size, int(c.hidden_size * c.mlp_ratio), text_len, c.caption_channels
     nt, nh, nw = grid
     S, N, P = nh * nw, nt * nh * nw, math.prod(model.patch_size)
-    block = 2 * N * 4 * D * D * 2 + 2 * N * 2 * D * D + 2 * L * 2 * D * D + 2 * N * 2 * D * M  # attn, temp, cross, mlp
-    return {"patch_embed": 2 * N * D * c.in_channels * P, "timestep": 2 * (256 * D + D * D + 6 * D * D),
-            "caption": 2 * L * (Ct * D + D * D), "blocks_linear": c.depth * block,
+    kind = getattr(c, "conditioning", "cross_attn")
+    block = 2 * N * 4 * D * D * 2 + 2 * N * 2 * D * M  # spatial and temporal attention's projections, mlp
+    caption_keys = S + L if kind == "in_context" else S
+    if kind == "cross_attn":
+        block += 2 * N * 2 * D * D + 2 * L * 2 * D * D  # queries and output of the video, keys and values of the text
+    elif kind == "in_context":
+        block += 2 * L * 2 * D * D  # the caption's keys and values
+    modulation = c.depth * 6 * D * D + 2 * D * D if kind == "adaln" else 6 * D * D
+    return {"patch_embed": 2 * N * D * c.in_channels * P, "timestep": 2 * (256 * D + D * D + modulation),
+            "caption": 2 * (1 if kind == "adaln" else L) * (Ct * D + D * D), "blocks_linear": c.depth * block,
             "final": 2 * N * D * P * model.out_channels,
-            "spatial_attention": c.depth * 4 * N * S * D,  # per frame, over its S tokens
+            "spatial_attention": c.depth * 4 * N * caption_keys * D,  # per frame, over its S tokens (+ the caption's)
             "temporal_attention": c.depth * 4 * N * nt * D,  # per position, over its nt frames
-            "cross_attention": c.depth * 4 * N * L * D,
+            "cross_attention": c.depth * 4 * N * L * D if kind == "cross_attn" else 0,
             "full_attention": c.depth * 4 * N * N * D}
 
 
