@@ -113,3 +113,25 @@ def test_a_score_the_manifest_lacks_says_which_command_writes_it():
     df = pd.DataFrame({"clip_id": ["a"], "motion": [0.5]})
     with pytest.raises(WhereError, match=r"no column 'aesthetic'.*score-clips writes it \(--scorers default,aesthetic\)"):
         parse_where("aesthetic >= 5 and motion > 0.3", df)
+
+
+def test_nan_in_a_parquet_file_is_missing_as_in_a_frame(tmp_path):
+    """A float column holding NaN (not null) in the file: SQL orders NaN above every number, the filter treats it as
+    no value, as the frame path always has."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from index import query
+
+    values = [4.0, float("nan"), 7.0, None]
+    pq.write_table(pa.table({"clip_id": ["a", "b", "c", "d"], "aesthetic": pa.array(values, from_pandas=False)}),
+                   tmp_path / "m.parquet")
+    with query.connect() as con:
+        src = query.files_sql(con, [tmp_path / "m.parquet"])
+        assert query.scalar(con, f"SELECT count(*) FROM {src} WHERE NOT isfinite(aesthetic)") == 1  # a real NaN
+        kinds = {"clip_id": "text", "aesthetic": "number"}
+        for text, want in (("aesthetic > 6", ["c"]), ("not aesthetic > 6", ["a"]), ("aesthetic != 4", ["c"]),
+                           ("aesthetic > 6 or clip_id == 'b'", ["b", "c"])):
+            node = parse_where(text, kinds)
+            got = [r for r, in con.execute(f"SELECT clip_id FROM {src} WHERE {node.where()} ORDER BY 1").fetchall()]
+            assert got == want, text

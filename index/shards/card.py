@@ -28,6 +28,7 @@ from ..manifest import manifest_files, read_failed, read_provenance
 from ..query import ident
 from . import plots
 from .select import HOURS, SCORE_COLUMNS, category_counts, column_types, hours, score_columns, score_stats
+from .where import number
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "TEMPLATE.md"
 SIMILARITY_SAMPLE = 20_000
@@ -114,7 +115,7 @@ def _scores(con, sel, index: str, card_dir) -> tuple[str, str]:
                 lines.setdefault(col, []).append((value, f"{col} {plots_op(op)} {value:g}"))
     rows, figures = [], []
     for col, st in scored.items():
-        v = f"nullif(TRY_CAST({ident(col)} AS DOUBLE), 'NaN'::DOUBLE)"
+        v = number(ident(col))
         kept = int(query.scalar(con, f"SELECT count({v}) FROM {index}")) if col in index_types else 0
         used = "; ".join(sorted({label for _, label in lines.get(col, [])})) or "none"
         n = st["count"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from .. import query
 from ..query import ident
-from .where import Node, keep_top_sql, steps
+from .where import Node, keep_top_sql, number, steps
 
 STAGE = "shards"
 KINDS = ("failed", "flagged", "filtered", "exact copy", "near duplicate", "unfit")
@@ -210,7 +210,7 @@ def bin_edges(lo: float, hi: float, n: int, integer: bool = False, most: int = 3
 def histogram(con, relation: str, expr: str, integer: bool = False) -> tuple[list, list] | None:
     """(edges, counts) of the finite values of `expr` over `relation`, binned as `plots._bins` bins them (the last
     bin holds its right edge, as numpy's); None when there is no value. Two aggregate passes, no values held."""
-    v = f"nullif(TRY_CAST({expr} AS DOUBLE), 'NaN'::DOUBLE)"
+    v = number(expr)
     fin = f"{v} IS NOT NULL AND isfinite({v})"
     n, lo, hi = con.execute(f"SELECT count(*), min({v}), max({v}) FROM {relation} WHERE {fin}").fetchall()[0]
     if not n:
@@ -226,7 +226,7 @@ def score_stats(con, relation: str, columns) -> dict:
     """score -> {count, min, median, max, hist}: the range of each score over `relation`."""
     out = {}
     for col in columns:
-        v = f"nullif(TRY_CAST({ident(col)} AS DOUBLE), 'NaN'::DOUBLE)"
+        v = number(ident(col))
         n, lo, med, hi = con.execute(f"SELECT count({v}), min({v}), quantile_cont({v}, 0.5), max({v}) "
                                      f"FROM {relation}").fetchall()[0]
         out[col] = {"count": int(n), "min": lo, "median": med, "max": hi,

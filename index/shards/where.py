@@ -19,7 +19,7 @@ nodes (so a mistake is one line naming the spot), and `Node.sql()` writes the tr
 quoted identifiers and literals, which DuckDB evaluates over the streamed manifest (`index.query`). Columns are
 checked against the manifest's schema before any work: an unknown name is a usage error naming the nearest
 column; text compares only with text (== != in), numbers with numbers. A clip with no value (NULL, or NaN in a
-float column: NaN is made NULL first, since SQL would order it above every number) makes a comparison on it
+float column: NaN is made NULL first, see `number`) makes a comparison on it
 unknown, and unknowns combine as SQL's do: `unknown or true` is true, `unknown and false` is false,
 `not unknown` is unknown, and a clip whose whole filter is unknown is not kept ("unknown" is never "kept").
 
@@ -126,8 +126,15 @@ def _column(name: str, literal=None) -> str:
     the filter has always treated NaN); anything else as it is."""
     col = '"' + str(name).replace('"', '""') + '"'
     if isinstance(literal, (int, float)) and not isinstance(literal, bool):
-        return f"nullif(TRY_CAST({col} AS DOUBLE), 'NaN'::DOUBLE)"
+        return number(col)
     return col
+
+
+def number(expr: str) -> str:
+    """`expr` as a DOUBLE, NaN as NULL. NaN is what is neither finite nor infinite: DuckDB's isnan() and NaN
+    comparisons do not see every NaN a Parquet file holds (`isnan` is false for numpy's NaN read from a file)."""
+    v = f"TRY_CAST({expr} AS DOUBLE)"
+    return f"(CASE WHEN isfinite({v}) OR isinf({v}) THEN {v} END)"
 
 
 def _sql_literal(v) -> str:
