@@ -7,6 +7,11 @@ pixels per frame by construction and a fast pan (50 px between two samples half 
 exceeds what a flow pyramid can follow. Every scorer reads these same arrays; flow, luma and the mask of
 textured pixels (where motion is observable) are computed once, on first use, and shared (`motion` and
 `camera_motion` read the same flow field).
+
+A source whose short side is under 256 is never scaled up in the decoder: it is decoded at its own size and
+scaled up after (`fit`), so every score reads the same 256-pixel frames whatever the source, except those
+that measure detail (`sharpness`), which read the frames as decoded (`ClipFrames.detail_luma`): an upscale
+is a blur.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ SHORT_SIDE = 256  # every frame-based score is defined at this short side (motio
 TEXTURE = 10.0  # smoothed Sobel gradient magnitude of luma above which a pixel's motion can be seen
 
 
-def decode_size(width: int, height: int, short: int = SHORT_SIDE) -> tuple[int, int]:
-    """(w, h) with the short side at `short` and the aspect kept (long side rounded to even)."""
+def decode_size(width: int, height: int, short: int = SHORT_SIDE, upscale: bool = True) -> tuple[int, int]:
+    """(w, h) with the short side at `short` and the aspect kept (long side rounded to even). With
+    `upscale=False` a source whose short side is under `short` keeps its own (the size to decode it at)."""
+    if not upscale:
+        short = min(short, max(1, min(int(width), int(height))))
     s = short / max(1, min(int(width), int(height)))
     w, h = int(width) * s, int(height) * s
     return (short, max(2, int(round(h / 2)) * 2)) if width <= height else (max(2, int(round(w / 2)) * 2), short)
@@ -36,6 +44,17 @@ def luma(images: np.ndarray) -> np.ndarray:
     if not len(images):
         return np.zeros(images.shape[:3], np.uint8)
     return np.stack([cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY) for im in images])
+
+
+def fit(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames resized to `size` (w, h) (bilinear, as the decoder's scaler): small sources'
+    frames scaled up to the 256-pixel short side every frame-based score but `sharpness` is defined at."""
+    import cv2
+
+    if not len(images) or images.shape[2:0:-1] == tuple(size):
+        return images
+    return np.stack([cv2.resize(np.ascontiguousarray(im), tuple(size), interpolation=cv2.INTER_LINEAR)
+                     for im in images])
 
 
 def textured(gray: np.ndarray) -> np.ndarray:
@@ -70,6 +89,13 @@ class ClipFrames:
     bits: tuple[float, int] | None = None  # (compressed bits, frames they cover) over the clip's range
     coded_pixels: int = 0  # coded width x height of the stream
     flow_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+    detail: np.ndarray | None = field(default=None, repr=False)  # (T, h, w, 3) `frames` as decoded, where
+    # the source's short side is under SHORT_SIDE and `frames` are them scaled up; None: `frames` are decoded
+
+    @cached_property
+    def detail_luma(self) -> np.ndarray:
+        """(T, h, w) uint8 luma at min(source, SHORT_SIDE) short side: never scaled up, for blur measures."""
+        return self.luma if self.detail is None else luma(self.detail)
 
     @cached_property
     def luma(self) -> np.ndarray:

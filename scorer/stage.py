@@ -4,9 +4,10 @@
   yet, so scoring a subset first and the whole manifest later redoes only the new clips;
 - load (each worker, once): the scorers' models, the flow estimator, the text detector;
 - process (a worker): `score_source`: one demux pass for packet sizes when `bpp` runs (no decode), then ONE
-  sequential decode of the source at a 256-pixel short side serving every clip (`index.video.iter_many`): per
-  clip its frames sampled at --sample-fps plus the frame after each (for flow); every scorer reads those
-  arrays. A clip whose frames the decode never reaches (the file ends early) is that clip's failure;
+  sequential decode of the source at a 256-pixel short side (its own size when smaller, see `scorer.base`)
+  serving every clip (`index.video.iter_many`): per clip its frames sampled at --sample-fps plus the frame after
+  each (for flow); every scorer reads those arrays. A clip whose frames the decode never reaches (the file ends
+  early) is that clip's failure;
 - merge (driver): the input rows plus the score columns (`index.query.join_parts`: no other column is touched),
   streamed to OUT_DIR/clips.parquet, and every failure (bad rows, missing or replaced sources, units, clips) to failed.jsonl.
 """
@@ -25,7 +26,7 @@ from index.engine import Output, Stage, Unit
 from index.manifest import write_failed, write_stream
 from index.video import iter_many, sample_indices
 
-from .base import ClipFrames, Scorer, decode_size
+from .base import ClipFrames, Scorer, decode_size, fit
 from .bpp import clip_bits, packet_bits
 from .flow import make_flow
 
@@ -67,7 +68,7 @@ def score_source(path, rows: list[dict], scorers: list[Scorer], flow=None, sampl
     """Score the clips (manifest rows) of one source in one decode: Output(rows: clip_id + score columns,
     failures: (clip_id, reason) for clips the decode cannot reach). Raises VideoError for an unreadable source."""
     columns = columns_of(scorers)
-    size = decode_size(rows[0]["width"], rows[0]["height"])
+    size = decode_size(rows[0]["width"], rows[0]["height"], upscale=False)
     plans = {r["clip_id"]: plan_frames(r, sample_fps) for r in rows}
     by_id = {r["clip_id"]: r for r in rows}
     two_passes = any(s.needs_bits for s in scorers)  # a demux for the packet sizes, then the decode
@@ -89,12 +90,15 @@ def score_source(path, rows: list[dict], scorers: list[Scorer], flow=None, sampl
 def _score_decoded(src, rows, plans, by_id, scorers, size, flow, bits, pixels, batch) -> list[dict]:
     """The score rows of the clips one sequential decode of `src` reaches."""
     scored, pending = [], []
+    scaled = decode_size(rows[0]["width"], rows[0]["height"])  # not `size` for a source under 256 pixels
     for cid, images in iter_many(src, {c: s + a for c, (s, a, _) in plans.items()}, size=size):
         sampled, after, pair_of = plans[cid]
         row = by_id[cid]
+        decoded, images = images, fit(images, scaled)
         pending.append(ClipFrames(
             clip=row, frames=images[:len(sampled)], indices=np.asarray(sampled), after=images[len(sampled):],
             pair_of=np.asarray(pair_of, dtype=np.int64), coded_pixels=pixels, flow_fn=flow,
+            detail=None if decoded is images else decoded[:len(sampled)],
             bits=None if bits is None else clip_bits(bits, row["start_frame"], row["end_frame"])))
         if len(pending) >= batch:
             scored += _score(pending, scorers)

@@ -16,7 +16,7 @@ from index import synth
 from index.manifest import read_manifest, write_manifest
 from index.video import read_frames
 from scorer.aesthetic import AestheticScorer, load_head
-from scorer.base import ClipFrames, decode_size
+from scorer.base import ClipFrames, decode_size, fit
 from scorer.cli import main
 from scorer.flow import DISFlow, RAFTFlow, make_flow
 from scorer.match import TextMatchScorer
@@ -193,7 +193,8 @@ def test_score_clips_runs_the_models_on_the_decoded_frames(captioned, tiny_clip,
     assert list(df.columns[-3:]) == ["aesthetic", "text_match", "nsfw"] and "motion" not in df.columns
     row = df.iloc[0]
     sampled, _, _ = plan_frames(row.to_dict(), 2.0)
-    frames = read_frames(row["video_path"], sampled, size=decode_size(row["width"], row["height"]))
+    w, h = row["width"], row["height"]  # 160x96: decoded at its own size, scaled up to 256 after, as the stage does
+    frames = fit(read_frames(row["video_path"], sampled, size=decode_size(w, h, upscale=False)), decode_size(w, h))
     key = frames[[0, len(frames) // 2, len(frames) - 1]] if len(frames) > 3 else frames
     assert row["aesthetic"] == pytest.approx(laion_formula(tiny_clip, key), abs=1e-4)
     assert row["text_match"] == pytest.approx(clip_cosine(tiny_clip, row["caption"], key), abs=1e-4)
