@@ -14,7 +14,7 @@ LAYERS = {"testing": 0, "config": 0, "model": 0, "diffusion": 0, "encoders": 0,
           "data": 1, "convert": 1,
           "checkpoints": 2,
           "launch": 3, "extract": 3, "sample": 3, "estimate": 3,
-          "train": 4, "memory": 4}
+          "train": 4, "memory": 4, "parallel": 0}
 
 
 def trainer_imports(folder: Path) -> dict[str, set[str]]:

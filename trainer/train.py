@@ -117,6 +117,10 @@ def train(argv, run: dict) -> int:
     cfg = resolve_config(args)
     if args.num_processes is not None and args.num_processes < 1:
         raise UsageError("--num-processes must be >= 1")
+    sp, processes = cfg["train"]["sequence_parallel"], args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    if processes % sp:  # (its heads are checked with the config)
+        raise UsageError(f"train.sequence_parallel: {sp} must divide the number of processes ({processes}); the "
+                         "processes left over would have no share of a sample")
     if args.accelerate_config and not Path(args.accelerate_config).is_file():
         raise UsageError(f"--accelerate-config {args.accelerate_config}: no such file")
     dataset, resume = preflight(cfg, args)
@@ -158,6 +162,8 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
 
     tc, oc, dc = cfg["train"], cfg["optim"], cfg["data"]
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    sp = tc["sequence_parallel"]  # processes sharing each sample's tokens read the same batches
+    data_rank, data_world = rank // sp, world // sp
     # encoders (frozen), model; the text-encoder folder of text.kind=tiny is written by the main process first
     if accelerator.is_main_process:
         text_path, text_kind = build_text_encoder(cfg["text"], out_dir, True)
@@ -171,7 +177,7 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
         check_buckets(dc["buckets"], vae)  # a frame count a video VAE cannot take: before any step
     except ValueError as e:
         raise UsageError(str(e)) from None
-    sampler = BucketSampler(dataset.shapes(), dc["buckets"], dc["batch_size"], rank, world, seed=tc["seed"])
+    sampler = BucketSampler(dataset.shapes(), dc["buckets"], dc["batch_size"], data_rank, data_world, seed=tc["seed"])
     set_seed(tc["seed"])  # same init on every process
     note = None
     if cfg["model"]["init_from"] and resume is None:
@@ -180,6 +186,10 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
         model = build_model(cfg, vae.channels, text.channels)
     if cfg["model"]["gradient_checkpointing"]:
         model.enable_gradient_checkpointing()
+    if sp > 1:
+        from trainer.parallel import enable
+
+        enable(model, sp)
     diffusion_cfg = dict(cfg["diffusion"])
     diffusion = build_diffusion(diffusion_cfg.pop("name"), **diffusion_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=oc["lr"], betas=tuple(oc["betas"]), eps=oc["eps"],
@@ -203,11 +213,16 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
     accelerator.init_trackers("train")
     n_params = sum(p.numel() for p in inner.parameters())
     accelerator.print(f"STDiT {n_params / 1e6:.2f}M params, {len(dataset)} clips, "
-                      f"{len(sampler)} batches/epoch/process, {world} process(es)")
+                      f"{len(sampler)} batches/epoch/process, {world} process(es)"
+                      + (f"; sequence parallel: {sp} processes per sample, {data_world} data-parallel group(s)"
+                         if sp > 1 else ""))
     from trainer.estimate import RunPlan
 
-    run_plan = RunPlan(cfg, vae, inner, world, dataset.shapes())  # what `plan` says of this run, also RUN/plan.json
+    run_plan = RunPlan(cfg, vae, inner, data_world, dataset.shapes())  # what `plan` says of this run, also RUN/plan.json
     accelerator.print(run_plan.line())
+    uneven = [b["bucket"] for b in run_plan.buckets if b["tokens"] % sp]
+    if uneven:
+        raise UsageError(f"train.sequence_parallel: {sp} does not divide the tokens per sample of bucket(s) {uneven}")
     if accelerator.is_main_process:
         run_plan.write(out_dir)
 
@@ -274,7 +289,7 @@ def fit(args, cfg, dataset, resume, accelerator, out_dir: Path, run: dict) -> in
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 state.position += 1
-                seen += len(x0) * world
+                seen += len(x0) * data_world
                 losses.append(loss.detach())
                 if not accelerator.sync_gradients:
                     micro += 1
