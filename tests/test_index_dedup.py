@@ -123,7 +123,8 @@ def test_nearest_neighbour_similarity_excludes_self():
 
 def test_faiss_index_kind_by_size_save_load_and_append(tmp_path):
     assert faiss_index.choose_params(1000, 8).kind == "flat"
-    ivf_params = faiss_index.choose_params(2_000_000, 8)
+    assert faiss_index.choose_params(2_000_000, 8).kind == "ivfpq"  # above FLAT_MAX: compressed
+    ivf_params = faiss_index.choose_params(2_000_000, 8, "ivf")
     assert ivf_params.kind == "ivf" and ivf_params.nlist == int(4 * np.sqrt(2_000_000)) and ivf_params.nprobe > 1
     x, _ = planted(2000, 16, groups=20)
     ids = [f"id{k}" for k in range(2000)]
@@ -161,3 +162,57 @@ def test_faiss_update_rebuilds_on_new_vectors_or_a_half_written_save(tmp_path):
         faiss_index.VectorIndex.load(tmp_path, "t")
     assert faiss_index.update(tmp_path, "t", y, ids).index.ntotal == 300
     assert faiss_index.VectorIndex.load(tmp_path, "t").clip_ids == ids
+
+
+def test_ivfpq_index_streams_from_a_memmap_and_re_ranks_by_exact_cosine(tmp_path):
+    x, rows = planted(12000, 64, groups=100)
+    np.save(tmp_path / "v.npy", x)
+    mm = np.load(tmp_path / "v.npy", mmap_mode="r")
+    ids = [f"id{k}" for k in range(len(x))]
+    vi = faiss_index.VectorIndex.create(mm, ids, kind="ivfpq")
+    assert vi.params.kind == "ivfpq" and vi.params.extra["m"] == 8
+    assert vi.nbytes() / len(x) < 0.5 * 64 * 4  # compressed: well under the float vectors
+    vi.save(tmp_path, "v")
+    back = faiss_index.VectorIndex.load(tmp_path, "v")  # opens v.npy beside it to re-rank
+    assert isinstance(back.vectors, faiss_index.RowReader)
+    q = x[rows[:, 0]]
+    hits = back.search(q, 5)
+    truth = np.argsort(-(q @ x.T), axis=1)[:, :5]
+    for hh, t, qq in zip(hits, truth, q):
+        got = [int(c[2:]) for c, _ in hh]
+        np.testing.assert_allclose([s for _, s in hh], x[got] @ qq, rtol=1e-5)  # exact scores, not PQ's
+        assert got[0] == t[0]
+    recall = np.mean([len({int(c[2:]) for c, _ in hh} & set(t.tolist())) / 5 for hh, t in zip(hits, truth)])
+    assert recall >= 0.9
+    qi, r, s = back.range_search(q, 0.9)
+    assert (s >= 0.9).all()
+    np.testing.assert_allclose(s, np.einsum("ij,ij->i", q[qi], x[r]), rtol=1e-5)
+    planted_found = {(int(rows[a, 0]), int(b)) for a, b in zip(qi, r)}
+    want = {(int(g[0]), int(m)) for g in rows for m in g[1:] if x[g[0]] @ x[m] >= 0.9}
+    assert len(want & planted_found) / len(want) >= 0.95
+
+
+def test_partitioned_join_reads_a_memmap_like_an_array(tmp_path):
+    x, _ = planted(25000, 32, groups=300)
+    np.save(tmp_path / "v.npy", x.astype(np.float16))
+    mm = np.load(tmp_path / "v.npy", mmap_mode="r")
+    a = near_duplicate_pairs(x.astype(np.float16).astype(np.float32), 0.9, method="partitioned")
+    b = near_duplicate_pairs(mm, 0.9, method="partitioned")
+    assert len(a[0]) > 500
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_a_faiss_index_on_s3_saves_loads_and_re_ranks_by_range_reads(s3):
+    x, rows = planted(3000, 32, groups=40)
+    url = f"{s3}/idx"
+    from index import storage
+    from index.dedup.cli import _save_npy
+    _save_npy(storage.location(url) / "v.npy", x)
+    vi = faiss_index.VectorIndex.create(x, [f"id{k}" for k in range(len(x))], kind="ivfpq")
+    vi.save(url, "v")
+    back = faiss_index.VectorIndex.load(url, "v")
+    assert back.index.ntotal == 3000 and storage.is_remote(back.vectors.path)
+    hit = back.search(x[rows[0, 0]], 3)[0]
+    assert hit[0] == (f"id{rows[0, 0]}", pytest.approx(1.0, abs=1e-5))
+    np.testing.assert_allclose(back.vector(f"id7"), x[7])

@@ -6,6 +6,15 @@ Near-duplicate pairs are all pairs of L2-normalised vectors with cosine >= thres
   space; each vector lives in its nearest cell and probes its `probe` nearest cells, and every probe is one
   dense matrix product of full-dimension vectors. Similarities are exact, so nothing below the threshold is
   reported; a pair is missed only when neither vector probes the other's cell (measured by bench/dedup.py).
+  The vectors may be a memmap of the embedding file (`np.load(path, mmap_mode="r")`, float32 or float16):
+  they are read a chunk or a cell at a time and the pages read are given back, so memory does not grow with
+  the file.
+
+This is the one step that needs a global view: any clip may duplicate any other. Its state is bounded and
+per clip, not per byte of embedding: the join holds its cell assignments (int32 rows and cells, about
+`(2 + 3 * probe) * 4` bytes per clip: 56 B at probe 4, plus an argsort's int64 per clip-probe while it
+sorts, 32 B) and the pairs found (20 B each); the components hold three int64 arrays (24 B per clip).
+Measured by bench/dedup.py (peak RSS per clip).
 
 Pairs are joined into connected components (`dup_group`); in each group one clip is kept by `KEEP_RULE`.
 """
@@ -13,6 +22,7 @@ Pairs are joined into connected components (`dup_group`); in each group one clip
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import asdict, dataclass
 
 import faiss
@@ -62,33 +72,64 @@ def _cat(ii, jj, ss):
             np.concatenate(ss).astype(np.float32))
 
 
-def _partitioned_pairs(x: np.ndarray, threshold: float, params: JoinParams, seed: int = 0):
+class _Rows:
+    """float32 rows of `x` (an array or a memmap); a memmap's pages are dropped after every ~256 MB read, so a
+    pass over a file larger than memory does not fill the process's resident set."""
+
+    DROP_BYTES = 256 << 20
+
+    def __init__(self, x):
+        self.x, self.read = x, 0
+        self.mm = getattr(x, "_mmap", None)
+
+    def __call__(self, rows) -> np.ndarray:
+        out = np.ascontiguousarray(self.x[rows], dtype=np.float32)
+        if self.mm is not None:
+            self.read += out.nbytes
+            if self.read >= self.DROP_BYTES:
+                self.drop()
+        return out
+
+    def drop(self) -> None:
+        if self.mm is not None and hasattr(self.mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self.mm.madvise(mmap.MADV_DONTNEED)  # read-only file pages: they stay in the page cache
+        self.read = 0
+
+
+def _partitioned_pairs(x, threshold: float, params: JoinParams, seed: int = 0):
     n, d = x.shape
+    rows_of = _Rows(x)
     rng = np.random.default_rng(seed)
-    sample = np.ascontiguousarray(x[np.sort(rng.choice(n, params.train_size, replace=False))])
+    sample = rows_of(np.sort(rng.choice(n, params.train_size, replace=False)))
     pca = faiss.PCAMatrix(d, params.pca_dim)
     pca.train(sample)
     km = faiss.Kmeans(params.pca_dim, params.nlist, niter=12, seed=seed, verbose=False)
     km.train(pca.apply(sample))
-    cells = np.empty((n, params.probe), np.int64)
+    del sample
+    small = np.int32 if n < 2**31 and params.nlist < 2**31 else np.int64  # state per clip: 4-byte ints
+    cells = np.empty((n, params.probe), small)
     step = 65536
     for a in range(0, n, step):  # nearest `probe` cells in the reduced space, in chunks (bounded memory)
-        _, cells[a:a + step] = km.index.search(pca.apply(np.ascontiguousarray(x[a:a + step])), params.probe)
-    home = cells[:, 0]
-    order = np.argsort(home, kind="stable")  # rows grouped by home cell
+        _, c = km.index.search(pca.apply(rows_of(slice(a, a + step))), params.probe)
+        cells[a:a + step] = c
+    rows_of.drop()
+    home = cells[:, 0].copy()
+    order = np.argsort(home, kind="stable").astype(small)  # rows grouped by home cell
     home_start = np.searchsorted(home[order], np.arange(params.nlist + 1))
-    flat_rows = np.repeat(np.arange(n), params.probe)
+    del home
     flat_cells = cells.reshape(-1)
     porder = np.argsort(flat_cells, kind="stable")  # rows grouped by probed cell
-    probe_rows = flat_rows[porder]
     probe_start = np.searchsorted(flat_cells[porder], np.arange(params.nlist + 1))
+    del cells, flat_cells
+    probe_rows = (porder // params.probe).astype(small)  # row of each flat (row, probe) entry
+    del porder
     out_i, out_j, out_s = [], [], []
     for c in range(params.nlist):
-        members = order[home_start[c]:home_start[c + 1]]
-        visitors = probe_rows[probe_start[c]:probe_start[c + 1]]
+        members = order[home_start[c]:home_start[c + 1]].astype(np.int64)
+        visitors = probe_rows[probe_start[c]:probe_start[c + 1]].astype(np.int64)
         if len(members) == 0 or len(visitors) == 0:
             continue
-        sims = x[visitors] @ x[members].T
+        sims = rows_of(visitors) @ rows_of(members).T
         vi, mi = np.nonzero(sims >= threshold)
         a, b = visitors[vi], members[mi]
         keep = a != b
@@ -116,9 +157,12 @@ def join_params(n: int, dim: int, threshold: float, method: str = "auto", probe:
 
 def near_duplicate_pairs(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, method: str = "auto",
                          probe: int = 4, seed: int = 0):
-    """All pairs i < j with cosine >= threshold: (i, j, sim) arrays and the parameters used."""
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    """All pairs i < j with cosine >= threshold: (i, j, sim) arrays and the parameters used. `vectors` may be a
+    memmap of the embedding file: the partitioned join reads it a chunk or a cell at a time."""
+    x = vectors if isinstance(vectors, np.memmap) else np.ascontiguousarray(vectors, dtype=np.float32)
     params = join_params(len(x), x.shape[1] if x.ndim == 2 else 0, threshold, method, probe)
+    if params.method == "exact" and isinstance(x, np.memmap):
+        x = np.ascontiguousarray(x, dtype=np.float32)  # n <= EXACT_MAX: small
     if len(x) < 2:
         i, j, s = _cat([], [], [])
     elif params.method == "exact":
