@@ -181,3 +181,25 @@ def test_a_damaged_faiss_file_is_one_line_not_a_traceback(indexed, tmp_path, cap
     assert search_main([str(out), "--text", "a red square"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the text index is damaged or incomplete" in err[0] and "run index-clips again" in err[0]
+
+
+def test_an_ivfpq_index_gives_the_flat_index_s_hits_and_search_clips_reads_a_bucket(indexed, tmp_path, s3, capsys):
+    data, out = indexed
+    pq = tmp_path / "pq"
+    assert index_main([str(data["manifest"]), "-o", str(pq), "--index-type", "ivfpq", "--quiet"]) == 0
+    meta = json.loads((pq / "index.json").read_text())
+    assert meta["visual_index"]["kind"] == meta["text_index"]["kind"] == "ivfpq"
+    clips = read_manifest(out / "clips.parquet")
+    cid = clips["clip_id"].iloc[4]
+    flat, approx = search(out, like=cid, k=2), search(pq, like=cid, k=2)
+    np.testing.assert_allclose(approx["score"], flat["score"], rtol=1e-5)  # re-ranked: exact cosine
+    assert read_manifest(pq / "clips.parquet")["dup_group"].tolist() == clips["dup_group"].tolist()
+    import fsspec
+    fs = fsspec.filesystem("s3")
+    fs.put(str(pq) + "/", f"{s3}/pq/", recursive=True)
+    capsys.readouterr()
+    assert search_main([f"{s3}/pq", "--like", cid, "-k", "2"]) == 0
+    assert approx["clip_id"].iloc[0] in capsys.readouterr().out
+    hits = search(f"{s3}/pq", text=data["captions"][3], k=3)
+    assert (hits["caption"] == data["captions"][3]).all()
+    assert search_main([f"{s3}/nothing-here", "--like", cid]) == 2

@@ -284,7 +284,9 @@ def _index_main(argv=None) -> int:
                     help="cosine similarity at or above which two clips are near duplicates")
     ap.add_argument("--method", choices=["auto", "exact", "partitioned"], default="auto",
                     help="pair search: exact up to 20,000 clips, partitioned (FAISS k-means cells) above")
-    ap.add_argument("--index-kind", choices=["auto", "flat", "ivf"], default="auto", help="FAISS index for search")
+    ap.add_argument("--index-type", "--index-kind", dest="index_kind", choices=list(faiss_index.KINDS),
+                    default="auto", help="FAISS index for search: auto = exact flat up to 1,000,000 clips, IVF-PQ "
+                    "(72 B per 512-d vector, re-ranked by exact cosine from visual.npy/text.npy) above")
     ap.add_argument("--trust-remote-code", action="store_true", help="allow models that run their own code")
     ap.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     ap.add_argument("--rehash", action="store_true",

@@ -72,9 +72,11 @@ def choose_params(n: int, dim: int, kind: str = "auto") -> IndexParams:
     # PQ codebooks need 256 training points per sub-quantiser centroid; k-means cost caps nlist
     nlist = max(1, min(nlist, 16384, max(1, n // 64)))
     m = _pq_m(dim)
+    nbits = int(max(1, min(8, math.log2(max(n, 2)))))  # 256 codes per sub-quantiser; fewer for a tiny corpus
     return IndexParams("ivfpq", dim, nlist=nlist, nprobe=min(nlist, 32),
                        train_size=int(min(n, max(40 * nlist, 256 * 40))),
-                       extra={"factory": f"IVF{nlist}_HNSW32,PQ{m}np", "m": m, "refine": REFINE})
+                       extra={"factory": f"IVF{nlist}_HNSW32,PQ{m}x{nbits}np", "m": m, "nbits": nbits,
+                              "refine": REFINE})
 
 
 def build(vectors, kind: str = "auto", seed: int = 0, batch: int = ADD_BATCH) -> tuple[faiss.Index, IndexParams]:
