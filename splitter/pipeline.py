@@ -67,17 +67,20 @@ class Sources:
 
 def list_sources(raw, out, hashes: HashCache) -> Sources:
     src = Sources()
-    for path, rel, info in find_videos(raw, exclude=out):
-        src.files += 1
-        try:
-            str(path).encode("utf-8")
-        except UnicodeEncodeError:  # no manifest, Parquet or JSON consumer can hold this name as text
-            src.failures.append(failure(path, STAGE, "file name is not valid UTF-8; rename the file"))
-            continue
-        try:
-            sha = hashes.sha256(path, info)  # on a store, the listing's entry says whether it changed
-        except BadInput as e:
-            src.failures.append(failure(path, STAGE, str(e)))
+
+    def named():
+        for path, rel, info in find_videos(raw, exclude=out):
+            src.files += 1
+            try:
+                str(path).encode("utf-8")
+            except UnicodeEncodeError:  # no manifest, Parquet or JSON consumer can hold this name as text
+                src.failures.append(failure(path, STAGE, "file name is not valid UTF-8; rename the file"))
+                continue
+            yield path, info  # on a store, the listing's entry says whether it changed
+
+    for path, _, sha in hashes.sha256_many(named()):  # several files read at once
+        if isinstance(sha, BadInput):
+            src.failures.append(failure(path, STAGE, str(sha)))
             continue
         if sha in src.first:
             src.copies.append({"path": str(path), "copy_of": src.first[sha], "video_sha256": sha})

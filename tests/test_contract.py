@@ -39,6 +39,43 @@ def test_hash_cache_reads_a_file_once_until_it_changes(tmp_path):
         assert after_kill.sha256(f) == file_sha256(f) and after_kill.hashed == 0
 
 
+def test_many_files_are_hashed_on_several_threads_in_order(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import index.files as files
+
+    paths = []
+    for i in range(24):
+        paths.append(tmp_path / f"v{i:02d}.mp4")
+        paths[-1].write_bytes(bytes([i]) * 5000)
+    with HashCache(tmp_path / "out") as cache:
+        cache.sha256(paths[3])  # one already known
+    real, busy, most, lock = files.file_sha256, [0], [0], threading.Lock()
+
+    def slow(path):  # a read that waits, as on a bucket; counts the reads in flight
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.02)
+        try:
+            return real(path)
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    monkeypatch.setattr(files, "file_sha256", slow)
+    items = [(p, None) for p in paths] + [(tmp_path / "gone.mp4", None)]
+    with HashCache(tmp_path / "out") as cache:
+        got = list(cache.sha256_many(items, threads=4))
+    assert [g[0] for g in got] == [p for p, _ in items]  # the listing's order
+    assert [g[2] for g in got[:-1]] == [real(p) for p in paths]
+    assert "No such file" in str(got[-1][2]) and isinstance(got[-1][2], files.BadInput)
+    assert (cache.hashed, cache.cached) == (23, 1) and 1 < most[0] <= 4  # several reads at once, at most 4
+    with HashCache(tmp_path / "out") as again:  # all remembered
+        assert [g[2] for g in again.sha256_many(items[:-1])] == [g[2] for g in got[:-1]] and again.hashed == 0
+
+
 def test_only_regular_files_are_read(tmp_path):
     fifo = tmp_path / "stream.mp4"
     os.mkfifo(fifo)
