@@ -20,6 +20,7 @@ import shutil
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,21 @@ _TEMP = re.compile(r"^\..+\.shotcap-\d+-[0-9a-f]{8}\.tmp$")
 def temp_name(path: Path) -> Path:
     """A temp file beside `path` that no other process or run uses, recognisable by `remove_own_temps`."""
     return path.with_name(f".{path.name}.shotcap-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def temp_file_for(path) -> str:
+    """A new empty file to fill, then to place at `path` with `storage.upload`: beside it on disk (named as
+    `temp_name` names, so that `remove_own_temps` finds it after a kill), in the system's temp folder for a store."""
+    from .storage import is_remote
+
+    if is_remote(path):
+        fd, local = tempfile.mkstemp(prefix="shotcap-", suffix=Path(str(path)).suffix)
+        os.close(fd)
+        return local
+    local = temp_name(Path(path))
+    local.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK))
+    return os.fspath(local)
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -320,6 +336,7 @@ class OutputLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, self._holder().encode(), 0)
             self.fd = fd
+            remove_own_temps(self.out)  # what a killed run of ours was writing here; the lock keeps any other out
         if self.owner:
             self._claim()
         return self

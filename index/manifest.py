@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 import index.storage as storage
 from .engine import Interrupted, UsageError, ctrl_c_guard, ignore_ctrl_c
+from .files import temp_file_for, temp_name
 from .parts import ManifestError, PartStore, display_path, failure  # noqa: F401  (part of this module's API)
 from .record import CORE_COLUMNS, SCHEMA_VERSION, STAGE_COLUMNS
 
@@ -125,8 +126,6 @@ class ManifestWriter:
         if storage.is_remote(self.path):
             self._tmp = tempfile.mkdtemp(prefix="shotcap-manifest-")
         else:  # beside the manifest (the rename stays on one filesystem), named as our temp files are
-            from .files import temp_name
-
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = os.fspath(temp_name(self.path))
             os.mkdir(self._tmp)
@@ -437,30 +436,19 @@ def add_retry_arg(parser) -> None:
 def write_failed(out_dir, failures) -> object:
     """OUT_DIR/failed.jsonl from failure records (a list or any iterable: written as it is read)."""
     loc = storage.location(out_dir) / FAILED_NAME
-    fd, local = tempfile.mkstemp(prefix=".shotcap-failed-", suffix=".jsonl",
-                                 dir=None if storage.is_remote(loc) else _ensure(loc.parent))
+    local = temp_file_for(loc)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(local, "w", encoding="utf-8") as f:
             for rec in failures:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(local, 0o666 & ~_umask())
         return storage.upload(local, loc)
     finally:
         if os.path.exists(local):
             os.unlink(local)
 
 
-def _ensure(folder) -> str:
-    storage.makedirs(folder)
-    return os.fspath(folder)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_failed(out_dir) -> list[dict]:

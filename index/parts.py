@@ -26,7 +26,6 @@ import io
 import json
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 
 import index.storage as storage
 from .engine import UsageError
+from .files import remove_own_temps, temp_file_for
 
 UNIT = "_unit"  # the column naming each row's unit
 META = b"shotcap.part"  # {"done": [keys], "failed": [records], "replaces": [file names]}
@@ -188,7 +188,8 @@ class PartStore:
         self._tracks = not ledger  # only a writer (a Ray worker's store) reports its commits; the driver's keeps none
         self._known: dict = {}  # batch name -> Batch already read (a reload reads only new batches)
         self.batches, self._done, self._failed = [], Ledger(), Ledger()
-        if ledger:
+        if ledger:  # the driver's store, made before any writer starts: a killed run's temp files go
+            remove_own_temps(self.dir)
             self._load()
 
     def writer_spec(self) -> tuple:
@@ -433,9 +434,7 @@ class PartStore:
         meta = {"done": [k for b in group for k in self._meta(b.name)["done"]], "failed": [f for b in group for f in b.failed],
                 "replaces": [b.name for b in group]}
         name = self._name()
-        fd, local = tempfile.mkstemp(prefix=".shotcap-part-", suffix=".parquet",
-                                     dir=None if storage.is_remote(self.dir) else str(self.dir))
-        os.close(fd)
+        local = temp_file_for(self.dir / name)
         try:
             with pq.ParquetWriter(local, schema.with_metadata({META: json.dumps(meta, ensure_ascii=False).encode()})) as w:
                 for b in group:

@@ -122,6 +122,45 @@ def test_cleanup_deletes_only_our_own_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".draft.mp4.tmp", ".notes.tmp"]
 
 
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    from captioner.testing import build_tiny_model
+
+    return build_tiny_model("qwen2.5-vl", tmp_path_factory.mktemp("tiny_vlm"))
+
+
+@pytest.mark.parametrize("command", ["split-videos", "caption-videos"])
+def test_a_rerun_removes_what_a_killed_run_was_writing(command, sample_videos, tiny_vlm, tmp_path):
+    """A kill leaves temp files of ours: the manifest's folder being filled, failed.jsonl, a part being joined. The
+    next run in that folder removes them (and only them) whatever stage it is; before, split and caption left them."""
+    from captioner.cli import main as caption
+    from splitter.cli import main as split
+
+    raw, _ = sample_videos
+    out = tmp_path / ("split" if command == "split-videos" else "cap")
+    if command == "caption-videos":
+        assert split([str(raw), "-o", str(tmp_path / "split"), "--no-progress"]) == 0
+
+    def run():
+        if command == "split-videos":
+            return split([str(raw), "-o", str(out), "--no-progress"])
+        return caption([str(tmp_path / "split" / "clips.parquet"), "--model", str(tiny_vlm), "-o", str(out),
+                        "--num-frames", "4", "--max-new-tokens", "4", "--quiet"])
+
+    assert run() == 0
+    (parts,) = (out / ".parts").iterdir()
+    stale = [temp_name(out / "clips.parquet"), temp_name(out / "failed.jsonl"), temp_name(parts / "b.parquet")]
+    stale[0].mkdir()
+    (stale[0] / "part-00000.parquet").write_bytes(b"half")
+    stale[1].write_bytes(b"half")
+    stale[2].write_bytes(b"half")
+    (out / ".my_notes.tmp").write_text("the user's")
+    assert run() == 0
+    assert [p for p in stale if p.exists()] == []
+    assert (out / ".my_notes.tmp").read_text() == "the user's"
+    assert sorted(p.name for p in out.rglob("*.tmp")) == [".my_notes.tmp"]
+
+
 def _rows(n=3):
     return pd.DataFrame([Clip.from_range("raw/a.mp4", "ab" * 32, 25 * i, 25 * (i + 1), i, i + 1, 25.0, 640, 360)
                          .to_dict() for i in range(n)])
