@@ -78,10 +78,11 @@ def make_data(out: Path, clips: int, jitter: int, shuffle: bool = False) -> Path
 
 def task_config(steps: int, seed: int, lr: float = 3e-3, schedule: str = "cosine", warmup: int = 50,
                 depth: int = 4, hidden: int = 64, batch: int = 16, log_every: int = 25, time_scale: float = 0.2,
-                shift: float = 3.0) -> dict:
+                shift: float = 3.0, conditioning: str = "cross_attn") -> dict:
     return {
         "model": {"size": "STDiT-T/2", "hidden_size": hidden, "depth": depth, "num_heads": 4,
-                  "patch_size": [1, 4, 4], "class_dropout_prob": 0.1, "time_scale": time_scale},
+                  "patch_size": [1, 4, 4], "class_dropout_prob": 0.1, "time_scale": time_scale,
+                  "conditioning": conditioning},
         "vae": {"kind": "pixels"},
         "text": {"kind": "tiny", "path": None, "max_length": 8},
         "diffusion": {"name": "rflow", "shift": shift},
@@ -185,6 +186,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--schedule", default="cosine", choices=["constant", "linear", "cosine"], help="optim.schedule")
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--time-scale", type=float, default=0.2, help="model.time_scale (the temporal position embedding's)")
+    p.add_argument("--conditioning", default="cross_attn", choices=["cross_attn", "adaln", "in_context"],
+                   help="model.conditioning")
     args = p.parse_args(argv)
     if min(args.threads) < 1 or args.steps < 1 or min(args.jitter) < -1:
         p.error("--threads and --steps must be >= 1, --jitter >= -1")
@@ -196,7 +200,8 @@ def main(argv=None) -> int:
     for seed, threads, jitter, control in runs:
         name = f"{'control-' if control else ''}seed{seed}-threads{threads}-jitter{jitter}"
         manifest = make_data(out / f"data-jitter{jitter}", args.clips, jitter, shuffle=control)
-        cfg = task_config(args.steps, seed, args.lr, args.schedule, log_every=args.log_every)
+        cfg = task_config(args.steps, seed, args.lr, args.schedule, log_every=args.log_every, time_scale=args.time_scale,
+                          conditioning=args.conditioning)
         train_s = train_run(cfg, manifest, out / name, threads)
         rows = evaluate(out / name, threads, args.sample_seeds, args.sample_steps, args.cfg_scale)
         m = metrics_of(out / name)
