@@ -194,14 +194,7 @@ class HashCache:
         if sha is not None:
             self.cached += 1
             return sha
-        sha = file_sha256(path)
-        self.hashed += 1
-        if self.identity(path) != key:  # changed while we read it: do not remember a hash of mixed content
-            raise BadInput("file changed while being read (still being copied?)")
-        self.entries[key] = sha
-        self._append({"path": key[0], "size": key[1], "mtime_ns": key[2], "dev": key[3], "ino": key[4],
-                      "sha256": sha})
-        return sha
+        return self._remember(key, self._read(path, key))
 
     def sha256_many(self, items, threads: int | None = None):
         """(path, info, sha256 or the BadInput saying why not) for each (path, info) of `items`, in order. Files
@@ -215,21 +208,15 @@ class HashCache:
 
         def read(path, key):
             try:
-                sha = file_sha256(path)
-                if self.identity(path) != key:  # changed while we read it: no hash of mixed content
-                    raise BadInput("file changed while being read (still being copied?)")
-                return sha
+                return self._read(path, key)
             except BadInput as e:
                 return e
 
         def finish(path, info, key, got):
-            if hasattr(got, "result"):
+            if hasattr(got, "result"):  # read on a thread; remembered here, on the caller's
                 got = got.result()
                 if not isinstance(got, BadInput):
-                    self.hashed += 1
-                    self.entries[key] = got
-                    self._append({"path": key[0], "size": key[1], "mtime_ns": key[2], "dev": key[3],
-                                  "ino": key[4], "sha256": got})
+                    self._remember(key, got)
             return path, info, got
 
         window: deque = deque()
@@ -249,6 +236,19 @@ class HashCache:
                     yield finish(*window.popleft())
             while window:
                 yield finish(*window.popleft())
+
+    def _read(self, path, key: tuple) -> str:
+        sha = file_sha256(path)
+        if self.identity(path) != key:  # changed while we read it: do not remember a hash of mixed content
+            raise BadInput("file changed while being read (still being copied?)")
+        return sha
+
+    def _remember(self, key: tuple, sha: str) -> str:
+        self.hashed += 1
+        self.entries[key] = sha
+        self._append({"path": key[0], "size": key[1], "mtime_ns": key[2], "dev": key[3], "ino": key[4],
+                      "sha256": sha})
+        return sha
 
     def _append(self, entry: dict) -> None:
         if self.remote:

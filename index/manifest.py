@@ -449,8 +449,6 @@ def write_failed(out_dir, failures) -> object:
             os.unlink(local)
 
 
-
-
 def read_failed(out_dir) -> list[dict]:
     p = storage.location(out_dir) / FAILED_NAME
     try:
